@@ -1,0 +1,94 @@
+"""Batched arm control: end-effector deltas through damped-least-squares differential IK, or joint
+position targets. One call per control step for all envs; the PD loop itself runs inside MuJoCo's
+position actuators at the physics rate (no per-substep Python)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import mujoco
+import numpy as np
+
+from robolearn.hardware import RobotSpec
+from robolearn.sim.robot import RobotIds
+
+
+class ArmController:
+    """Turns actions into actuator targets.
+
+    ee_delta action (N, 7): (dx, dy, dz) * max_dpos [m, world frame], (drx, dry, drz) * max_drot
+    [rotation vector, world frame], gripper in [-1, 1] (-1 open, +1 closed).
+    joint_pos action (N, 8): 7 joint position targets [rad], gripper in [-1, 1].
+    Returns ctrl (N, 9): 7 arm joint targets then the two finger targets.
+    """
+
+    def __init__(self, robot: RobotSpec, ids: RobotIds, nv: int, mode: Literal["ee_delta", "joint_pos"],
+                 max_dpos: float, max_drot: float, control_dt: float, damping: float = 0.05,
+                 nullspace_gain: float = 0.2):
+        self.robot, self.ids, self.mode = robot, ids, mode
+        self.max_dpos, self.max_drot = max_dpos, max_drot
+        self.lo, self.hi = robot.position_lower, robot.position_upper
+        self.max_step = robot.velocity_limit * control_dt  # joint change per control step, rad
+        self.damping2 = damping**2
+        self.nullspace_gain = nullspace_gain
+        self.nv = nv
+        self.half_width = robot.gripper_width_max / 2
+        self._jac: np.ndarray | None = None
+
+    @property
+    def action_dim(self) -> int:
+        return 7 if self.mode == "ee_delta" else 8
+
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode == "ee_delta":
+            return -np.ones(7, np.float32), np.ones(7, np.float32)
+        lo = np.append(self.lo, -1.0).astype(np.float32)
+        hi = np.append(self.hi, 1.0).astype(np.float32)
+        return lo, hi
+
+    def hold_action(self, q: np.ndarray) -> np.ndarray:
+        """(N, A) action that keeps the arm where it is with the gripper open."""
+        n = q.shape[0]
+        if self.mode == "ee_delta":
+            a = np.zeros((n, 7))
+        else:
+            a = np.concatenate([q, np.zeros((n, 1))], axis=1)
+        a[:, -1] = -1.0
+        return a
+
+    def jacobians(self, models, datas) -> np.ndarray:
+        """(N, 6, 7) TCP Jacobians (linear; angular) w.r.t. the arm joints."""
+        n = len(datas)
+        if self._jac is None or self._jac.shape[0] != n:
+            self._jac = np.zeros((n, 6, self.nv))
+        jac = self._jac
+        site = self.ids.tcp_site
+        for i, (m, d) in enumerate(zip(models, datas)):
+            mujoco.mj_jacSite(m, d, jac[i, :3], jac[i, 3:], site)
+        return jac[:, :, self.ids.arm_dof]
+
+    def ik_step(self, jac: np.ndarray, q: np.ndarray, twist: np.ndarray) -> np.ndarray:
+        """Damped least squares with a null-space pull toward home: (N,6,7), (N,7), (N,6) -> (N,7) dq."""
+        jt = np.swapaxes(jac, 1, 2)
+        jjt = jac @ jt
+        jjt[:, np.arange(6), np.arange(6)] += self.damping2
+        dq = (jt @ np.linalg.solve(jjt, twist[..., None]))[..., 0]
+        # null-space term (I - J^+ J) k (home - q) keeps the elbow near the ready pose
+        pinv_j = jt @ np.linalg.solve(jjt, jac)
+        pull = self.nullspace_gain * (self.robot.home - q)
+        dq += pull - (pinv_j @ pull[..., None])[..., 0]
+        return np.clip(dq, -self.max_step, self.max_step)
+
+    def ee_to_joint(self, models, datas, q: np.ndarray, ee_action: np.ndarray) -> np.ndarray:
+        """ee_delta actions (N, 7) -> joint_pos actions (N, 8) at the current state."""
+        twist = np.concatenate([ee_action[:, :3] * self.max_dpos, ee_action[:, 3:6] * self.max_drot], axis=1)
+        q_target = np.clip(q + self.ik_step(self.jacobians(models, datas), q, twist), self.lo, self.hi)
+        return np.concatenate([q_target, ee_action[:, 6:7]], axis=1)
+
+    def compute(self, models, datas, q: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """(N, A) actions -> (N, 9) actuator targets."""
+        if self.mode == "ee_delta":
+            action = self.ee_to_joint(models, datas, q, action)
+        q_target = np.clip(action[:, :7], self.lo, self.hi)
+        width = self.half_width * (1.0 - np.clip(action[:, 7], -1.0, 1.0)) / 2.0  # per finger, m
+        return np.concatenate([q_target, width[:, None], -width[:, None]], axis=1)

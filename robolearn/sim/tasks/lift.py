@@ -1,0 +1,125 @@
+"""lift: pick a cube off the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from robolearn.sim.registry import register_task
+from robolearn.sim.rotations import quat_to_yaw
+from robolearn.sim.task import BatchState, ScriptedExpert, Task, TaskEval, TaskOptions, free_joint_qpos, grasp_quat
+
+
+@dataclass
+class LiftOptions(TaskOptions):
+    cube_half_size: float = 0.02
+    """half edge of the cube, m"""
+    lift_height: float = 0.05
+    """height above its resting pose the cube must reach, m"""
+    x_range: tuple[float, float] = (0.42, 0.62)
+    """cube x at reset, m (robot base at the origin)"""
+    y_range: tuple[float, float] = (-0.15, 0.15)
+    """cube y at reset, m"""
+
+
+@register_task
+class Lift(Task):
+    """Pick up a cube from the table and hold it above the table.
+
+    Randomized: cube position (x, y uniform in `x_range` x `y_range`) and yaw (uniform), and the
+    arm's start pose (home + Gaussian noise). Succeeds when the cube's centre is `lift_height` above
+    its resting height.
+    """
+
+    name = "lift"
+    description = "pick a cube off the table"
+    stages = ("reach", "grasp", "lift")
+    max_episode_steps = 100
+    tracked_bodies = ("cube",)
+    grasp_geoms = ("cube_geom",)
+    randomized_bodies = ("cube",)
+    reward_weights = {"reach": 1.0, "grasp": 0.5, "lift": 1.5, "success": 2.0}
+    Options = LiftOptions
+
+    def build(self, spec: mujoco.MjSpec) -> None:
+        h = self.options.cube_half_size
+        body = spec.worldbody.add_body(name="cube", pos=[0.5, 0, h])
+        body.add_freejoint(name="cube_joint")
+        body.add_geom(name="cube_geom", type=mujoco.mjtGeom.mjGEOM_BOX, size=[h, h, h], rgba=[0.85, 0.15, 0.1, 1],
+                      mass=0.08, friction=[1.2, 0.005, 0.0001])
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        super().bind(model)
+        self.cube_qpos = free_joint_qpos(model, "cube")
+
+    def sample_reset(self, rng):
+        o = self.options
+        return {"xy": np.array([rng.uniform(*o.x_range), rng.uniform(*o.y_range)]), "yaw": rng.uniform(-np.pi, np.pi)}
+
+    def apply_reset(self, model, data, sample):
+        a = self.cube_qpos
+        data.qpos[a : a + 3] = [*sample["xy"], self.options.cube_half_size]
+        data.qpos[a + 3 : a + 7] = [np.cos(sample["yaw"] / 2), 0, 0, np.sin(sample["yaw"] / 2)]
+
+    @property
+    def environment_state_names(self):
+        return ["cube_x", "cube_y", "cube_z", "cube_qw", "cube_qx", "cube_qy", "cube_qz",
+                "cube_to_tcp_x", "cube_to_tcp_y", "cube_to_tcp_z"]
+
+    def environment_state(self, s: BatchState):
+        p = s.body_pos["cube"]
+        return np.concatenate([p, s.body_quat["cube"], s.tcp_pos - p], axis=1)
+
+    def evaluate(self, s: BatchState) -> TaskEval:
+        o = self.options
+        cube = s.body_pos["cube"]
+        dist = np.linalg.norm(s.tcp_pos - cube, axis=1)
+        grasped = s.grasped
+        height = cube[:, 2] - o.cube_half_size
+        success = height > o.lift_height
+        reached = dist < 0.02
+        stage = np.where(grasped, 2, np.where(reached, 1, 0))
+        terms = {
+            "reach": 1.0 - np.tanh(10.0 * dist),  # approach the cube
+            "grasp": grasped.astype(float),  # both fingers on the cube
+            "lift": grasped * np.clip(height / o.lift_height, 0.0, 1.0),  # raise it while holding it
+            "success": success.astype(float),
+        }
+        return TaskEval(stage=stage, success=success, terms=terms)
+
+    def make_expert(self, num_envs, max_dpos, max_drot):
+        return LiftExpert(self, num_envs, max_dpos, max_drot)
+
+
+def square_grasp_yaw(object_quat: np.ndarray) -> np.ndarray:
+    """Gripper yaw for an object with 90-degree symmetry, folded into [-pi/4, pi/4]."""
+    yaw = quat_to_yaw(object_quat)
+    return (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+
+
+class LiftExpert(ScriptedExpert):
+    """above cube -> descend -> close -> lift. Phases map to stages reach, reach, grasp, lift."""
+
+    PHASE_STAGE = np.array([0, 0, 1, 2])
+
+    def act(self, s: BatchState):
+        n = self.num_envs
+        cube = s.body_pos["cube"]
+        quat = grasp_quat(square_grasp_yaw(s.body_quat["cube"]))
+        above = cube + [0, 0, 0.08]
+        grip_at = cube.copy()
+        lifted = cube.copy()
+        lifted[:, 2] = self.task.options.cube_half_size + 0.15
+        ph = self.phase.copy()  # advance() below must not chain phases within one step
+        target = np.select([ph[:, None] == 0, ph[:, None] == 1, ph[:, None] == 2], [above, grip_at, s.tcp_pos], lifted)
+        a = np.zeros((n, 7))
+        a[:, :6] = self.servo(s, target, quat, gain=1.0)
+        a[:, 6] = np.where(ph >= 2, 1.0, -1.0)
+        err = np.linalg.norm(target - s.tcp_pos, axis=1)
+        self.timer += 1
+        self.advance((ph == 0) & (err < 0.01))
+        self.advance((ph == 1) & (err < 0.006))
+        self.advance((ph == 2) & (self.timer >= 6))
+        return a, self.PHASE_STAGE[np.minimum(self.phase, 3)]

@@ -1,0 +1,353 @@
+"""`VecEnv`: N MuJoCo environments of one native task, stepped together.
+
+Physics runs in threads over separate `MjData` (mj_step releases the GIL); everything in Python
+(control, judging, observations) is batched numpy over all envs, so its cost is paid once per
+control step rather than once per env or per substep. Implements gymnasium's vector API with
+same-step auto-reset (the final observation of a finished episode is in `infos["final_obs"]`, as
+stable-baselines3 expects).
+
+Observations (LeRobot keys, batch-first):
+  observation.state             (N, 23) float32  q(7) rad, dq(7) rad/s, tcp pos(3) m, tcp quat(4) wxyz, fingers(2) m
+  observation.environment_state (N, D) float32   the task's privileged object state
+  observation.images.<camera>   (N, H, W, 3) uint8
+  observation.depth.<camera>    (N, H, W, 1) float32 metres         (depth=True)
+  observation.pointcloud        (N, P, 6) float32 xyz m + rgb 0..1  (pointcloud.enabled)
+Infos: success (N,) bool, stage (N,) int, stage_name (N,) str, reward_terms {name: (N,)},
+  elapsed_steps (N,) int; and final_obs / final_info / _final_obs on auto-reset.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from copy import copy
+from pathlib import Path
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from robolearn.errors import ActionError, ConfigError
+from robolearn.hardware import load_robot
+from robolearn.sim.config import EnvConfig
+from robolearn.sim.controller import ArmController
+from robolearn.sim.randomization import DomainRandomizer
+from robolearn.sim.render import CameraRenderer, depth_to_points, make_pointcloud
+from robolearn.sim.robot import attach_panda, robot_ids
+from robolearn.sim.task import BatchState, Task
+
+SIM_ASSETS = Path(__file__).resolve().parents[2] / "sim_assets"
+STATE_NAMES = (
+    [f"q{i + 1}" for i in range(7)] + [f"dq{i + 1}" for i in range(7)]
+    + ["tcp_x", "tcp_y", "tcp_z", "tcp_qw", "tcp_qx", "tcp_qy", "tcp_qz", "finger_left", "finger_right"]
+)
+
+
+def build_model(task: Task, robot, physics_hz: float) -> mujoco.MjModel:
+    """Tabletop scene + the task's objects + the Panda, compiled."""
+    spec = mujoco.MjSpec.from_file(str(SIM_ASSETS / "scenes" / "tabletop.xml"))
+    spec.option.timestep = 1.0 / physics_hz
+    task.build(spec)
+    attach_panda(spec, robot)
+    return spec.compile()
+
+
+class VecEnv(gym.vector.VectorEnv):
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
+
+    def __init__(self, cfg: EnvConfig, task: Task):
+        cfg.validate()
+        self.cfg, self.task = cfg, task
+        self.num_envs = n = cfg.num_envs
+        self.robot = load_robot(cfg.robot)
+        self.nominal = build_model(task, self.robot, cfg.physics_hz)
+        task.bind(self.nominal)
+        self.ids = robot_ids(self.nominal, self.robot)
+        self.substeps = cfg.substeps
+        self.max_episode_steps = cfg.max_episode_steps or task.max_episode_steps
+
+        m = self.nominal
+        body_id = lambda name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, name)  # noqa: E731
+        for name in task.tracked_bodies + task.randomized_bodies:
+            if body_id(name) < 0:
+                raise ConfigError(f"task {task.name!r} names body {name!r}, which its scene does not have")
+        self._tracked = np.array([body_id(b) for b in task.tracked_bodies], dtype=int)
+        object_bodies = [body_id(b) for b in task.randomized_bodies]
+        table = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "table")
+        visual_geoms = [table] + list(np.flatnonzero(np.isin(m.geom_bodyid, object_bodies)))
+        self.randomizer = DomainRandomizer(cfg.randomization, m, self.ids, object_bodies, visual_geoms)
+        # one shared model unless randomization changes it per env
+        self.models = [copy(m) if self.randomizer.needs_model_copies else m for _ in range(n)]
+        self.datas = [mujoco.MjData(mi) for mi in self.models]
+        self._role = self._geom_roles()
+
+        self.controller = ArmController(self.robot, self.ids, m.nv, cfg.action_mode, cfg.max_dpos,
+                                        cfg.max_drot, 1.0 / cfg.control_hz)
+        lo, hi = self.controller.action_bounds()
+        self.single_action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.renderer = None
+        if cfg.cameras:
+            h, w = cfg.image_size
+            self.renderer = CameraRenderer(m, cfg.cameras, h, w, cfg.depth or cfg.pointcloud.enabled)
+        self.single_observation_space = self._observation_space()
+        self.observation_space = batch_space(self.single_observation_space, n)
+
+        self._pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
+        self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
+        self._qpos = np.zeros((n, m.nq))
+        self._qvel = np.zeros((n, m.nv))
+        self._xpos = np.zeros((n, len(self._tracked) + 1, 3))
+        self._xquat = np.zeros((n, len(self._tracked) + 1, 4))
+        self._tcp = np.zeros((n, 3))
+        self._contact = np.zeros((n, 2), bool)
+        self.elapsed = np.zeros(n, np.int64)
+        self._latency = np.zeros(n, np.int64)
+        self._act_hist = np.zeros((n, self.randomizer.max_latency + 1, self.single_action_space.shape[0]))
+        self._rngs: list[np.random.Generator] = []
+        self._seed(cfg.seed)
+        self.state: BatchState | None = None
+        self.closed = False
+
+    # ---- spaces ------------------------------------------------------------------------------
+    def _observation_space(self) -> gym.spaces.Dict:
+        inf = np.inf
+        d_env = len(self.task.environment_state_names)
+        spaces = {
+            "observation.state": gym.spaces.Box(-inf, inf, (len(STATE_NAMES),), np.float32),
+            "observation.environment_state": gym.spaces.Box(-inf, inf, (d_env,), np.float32),
+        }
+        h, w = self.cfg.image_size
+        for cam in self.cfg.cameras:
+            spaces[f"observation.images.{cam}"] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+            if self.cfg.depth:
+                spaces[f"observation.depth.{cam}"] = gym.spaces.Box(0, inf, (h, w, 1), np.float32)
+        if self.cfg.pointcloud.enabled:
+            spaces["observation.pointcloud"] = gym.spaces.Box(-inf, inf, (self.cfg.pointcloud.num_points, 6), np.float32)
+        return gym.spaces.Dict(spaces)
+
+    def _geom_roles(self) -> np.ndarray:
+        """Per-geom bit flags: 1 left finger, 2 right finger, 4 grasp target (for contact checks)."""
+        m = self.nominal
+        role = np.zeros(m.ngeom, np.int64)
+        for g in self.ids.finger_geoms:
+            name = m.geom(g).name
+            role[g] = 1 if ("finger1" in name or "joint1_tip" in name) else 2
+        for name in self.task.grasp_geoms:
+            gid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, name)
+            if gid < 0:
+                raise ConfigError(f"task {self.task.name!r} names grasp geom {name!r}, which its scene lacks")
+            role[gid] = 4
+        return role
+
+    # ---- seeding and reset -------------------------------------------------------------------
+    def _seed(self, seed: int) -> None:
+        self._rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(self.num_envs)]
+
+    def _reset_env(self, i: int) -> None:
+        m, d, rng = self.models[i], self.datas[i], self._rngs[i]
+        if self.randomizer.needs_model_copies:
+            self.randomizer.apply(m, rng)
+        mujoco.mj_resetData(m, d)
+        ids = self.ids
+        noise = self.task.options.robot_init_noise
+        q0 = np.clip(self.robot.home + rng.normal(0, noise, 7), self.robot.position_lower, self.robot.position_upper)
+        half = self.robot.gripper_width_max / 2
+        d.qpos[ids.arm_qpos] = q0
+        d.qpos[ids.finger_qpos] = (half, -half)
+        d.ctrl[ids.arm_act] = q0
+        d.ctrl[ids.finger_act] = (half, -half)
+        self.task.apply_reset(m, d, self.task.sample_reset(rng))
+        mujoco.mj_forward(m, d)
+        self.elapsed[i] = 0
+        self._latency[i] = self.randomizer.draw_latency(rng) if self.randomizer.max_latency else 0
+        self._act_hist[i] = self.controller.hold_action(q0[None])[0]
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Reset all envs, or those in `options["reset_mask"]` (gymnasium's partial reset)."""
+        if seed is not None:
+            self._seed(seed)
+        mask = None if options is None else options.get("reset_mask")
+        ids = np.arange(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, bool))
+        for i in ids:
+            self._reset_env(int(i))
+        self._gather()
+        return self._observe(), self._infos(self.task.evaluate(self.state))
+
+    def reset_envs(self, env_ids) -> dict[str, np.ndarray]:
+        """Reset some envs in place and return the batch observation."""
+        mask = np.zeros(self.num_envs, bool)
+        mask[np.asarray(env_ids)] = True
+        return self.reset(options={"reset_mask": mask})[0]
+
+    # ---- stepping ----------------------------------------------------------------------------
+    def _check_action(self, actions) -> np.ndarray:
+        a = np.asarray(actions, dtype=np.float64)
+        dim = self.single_action_space.shape[0]
+        if a.shape == (dim,) and self.num_envs == 1:
+            a = a[None]
+        if a.shape != (self.num_envs, dim):
+            raise ActionError(
+                f"action has shape {np.shape(actions)}, expected ({self.num_envs}, {dim}) for {self.num_envs} envs "
+                f"in action_mode={self.cfg.action_mode!r}"
+            )
+        bad = ~np.isfinite(a)
+        if bad.any():
+            env, col = np.argwhere(bad)[0]
+            raise ActionError(f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed")
+        return a
+
+    def _physics(self, envs: np.ndarray) -> None:
+        models, datas, n = self.models, self.datas, self.substeps
+        render = self.renderer is not None
+        for i in envs:
+            m, d = models[i], datas[i]
+            mujoco.mj_step(m, d, n)
+            # refresh kinematics so that observations, contacts and Jacobians describe the new qpos
+            mujoco.mj_kinematics(m, d)
+            mujoco.mj_comPos(m, d)
+            if render:
+                mujoco.mj_camlight(m, d)
+
+    def step(self, actions):
+        a = self._check_action(actions)
+        if self.randomizer.max_latency:
+            self._act_hist = np.roll(self._act_hist, 1, axis=1)
+            self._act_hist[:, 0] = a
+            a = self._act_hist[np.arange(self.num_envs), self._latency]
+        ctrl = self.controller.compute(self.models, self.datas, self.state.q, a)
+        act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
+        for d, c in zip(self.datas, ctrl):
+            d.ctrl[act_ids] = c
+        if self._pool is None:
+            self._physics(self._chunks[0])
+        else:
+            for f in [self._pool.submit(self._physics, c) for c in self._chunks]:
+                f.result()
+        self.elapsed += 1
+        self._gather()
+        ev = self.task.evaluate(self.state)
+        reward = self.task.reward(ev)
+        terminated = ev.success & self.cfg.terminate_on_success
+        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        done = terminated | truncated
+        infos = self._infos(ev)
+        if done.any():
+            obs_final = self._observe()
+            infos["final_obs"] = np.array([{k: v[i] for k, v in obs_final.items()} if done[i] else None
+                                           for i in range(self.num_envs)], dtype=object)
+            infos["final_info"] = {k: v for k, v in infos.items() if k != "final_obs"}
+            infos["_final_obs"] = done.copy()
+            infos["_final_info"] = done.copy()
+            for i in np.flatnonzero(done):
+                self._reset_env(int(i))
+            self._gather()
+        obs = self._observe()
+        return obs, reward.astype(np.float32), terminated, truncated, infos
+
+    # ---- state, observations, infos ----------------------------------------------------------
+    def _gather(self) -> None:
+        ids, tracked, role = self.ids, self._tracked, self._role
+        bodies = np.append(tracked, ids.ee_body)
+        want_contact = bool(self.task.grasp_geoms)
+        for i, d in enumerate(self.datas):
+            self._qpos[i] = d.qpos
+            self._qvel[i] = d.qvel
+            self._xpos[i] = d.xpos[bodies]
+            self._xquat[i] = d.xquat[bodies]
+            self._tcp[i] = d.site_xpos[ids.tcp_site]
+            if want_contact and d.ncon:
+                g = d.contact.geom
+                code = role[g[:, 0]] | role[g[:, 1]]
+                self._contact[i, 0] = (code == 5).any()
+                self._contact[i, 1] = (code == 6).any()
+            else:
+                self._contact[i] = False
+        names = self.task.tracked_bodies
+        self.state = BatchState(
+            q=self._qpos[:, ids.arm_qpos].copy(),
+            dq=self._qvel[:, ids.arm_dof].copy(),
+            fingers=self._qpos[:, ids.finger_qpos].copy(),
+            tcp_pos=self._tcp.copy(),
+            tcp_quat=self._xquat[:, -1].copy(),
+            body_pos={b: self._xpos[:, k].copy() for k, b in enumerate(names)},
+            body_quat={b: self._xquat[:, k].copy() for k, b in enumerate(names)},
+            grasp_contact=self._contact.copy(),
+        )
+
+    def _observe(self) -> dict[str, np.ndarray]:
+        s = self.state
+        proprio = np.concatenate([s.q, s.dq, s.tcp_pos, s.tcp_quat, s.fingers], axis=1)
+        if self.randomizer.cfg.physics.observation_noise_std:
+            proprio = np.stack([self.randomizer.noise(p, r) for p, r in zip(proprio, self._rngs)])
+        obs = {
+            "observation.state": proprio.astype(np.float32),
+            "observation.environment_state": self.task.environment_state(s).astype(np.float32),
+        }
+        if self.renderer is not None:
+            obs.update(self._render_all())
+        return obs
+
+    def _render_all(self) -> dict[str, np.ndarray]:
+        r, cfg = self.renderer, self.cfg
+        h, w = cfg.image_size
+        n = self.num_envs
+        out = {}
+        pcs = [[] for _ in range(n)] if cfg.pointcloud.enabled else None
+        for c, cam in enumerate(cfg.cameras):
+            rgb = np.zeros((n, h, w, 3), np.uint8)
+            depth = np.zeros((n, h, w, 1), np.float32) if cfg.depth else None
+            for i, (m, d) in enumerate(zip(self.models, self.datas)):
+                img, dep = r.render(m, d, c)
+                rgb[i] = img
+                if depth is not None:
+                    depth[i, ..., 0] = dep
+                if pcs is not None:
+                    cid = r.cam_ids[c]
+                    pts = depth_to_points(dep, r.intrinsics(m, c), d.cam_xpos[cid], d.cam_xmat[cid])
+                    pcs[i].append((pts, img.reshape(-1, 3)))
+            out[f"observation.images.{cam}"] = rgb
+            if depth is not None:
+                out[f"observation.depth.{cam}"] = depth
+        if pcs is not None:
+            pc = cfg.pointcloud
+            out["observation.pointcloud"] = np.stack([
+                make_pointcloud(np.concatenate([p for p, _ in views]), np.concatenate([c for _, c in views]),
+                                pc.crop_min, pc.crop_max, pc.voxel_size, pc.num_points, self._rngs[i])
+                for i, views in enumerate(pcs)
+            ])
+        return out
+
+    def _infos(self, ev) -> dict:
+        stages = np.array(self.task.stages, dtype=object)
+        return {
+            "success": ev.success.copy(),
+            "stage": ev.stage.copy(),
+            "stage_name": stages[ev.stage],
+            "reward_terms": {k: np.asarray(v, np.float32) for k, v in ev.terms.items()},
+            "elapsed_steps": self.elapsed.copy(),
+        }
+
+    # ---- helpers for experts and users -------------------------------------------------------
+    def expert_action(self, ee_action: np.ndarray) -> np.ndarray:
+        """Convert an expert's ee-delta action (N, 7) into this env's action mode."""
+        if self.cfg.action_mode == "ee_delta":
+            return ee_action
+        return self.controller.ee_to_joint(self.models, self.datas, self.state.q, ee_action)
+
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """(N, H, W, 3) frames of one camera (default: the first configured one)."""
+        if self.renderer is None:
+            raise ConfigError("render() needs cameras; create the env with cameras=[front]")
+        c = 0 if camera is None else self.cfg.cameras.index(camera)
+        return np.stack([self.renderer.render(m, d, c)[0] for m, d in zip(self.models, self.datas)])
+
+    def close(self, **kwargs) -> None:
+        if self.closed:
+            return
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self.renderer is not None:
+            self.renderer.close()
+        self.closed = True
