@@ -115,6 +115,9 @@ def attach_panda(scene: mujoco.MjSpec, robot: RobotSpec, base_pos=(0.0, 0.0, 0.0
             g.contype, g.conaffinity = 0, 0  # fixed to the bench; would touch the table forever
         else:
             g.contype, g.conaffinity = 2, 0
+    for site in scene.sites:  # robosuite's debugging markers (grip cylinder, axes) must not show in images
+        if site.name.startswith(PREFIX):
+            site.rgba = [0, 0, 0, 0]
     cam = scene.camera(PREFIX + "eye_in_hand")
     if cam is not None:
         cam.name = WRIST_CAMERA

@@ -96,12 +96,8 @@ class VecEnv(gym.vector.VectorEnv):
 
         self._pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
         self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
-        self._qpos = np.zeros((n, m.nq))
-        self._qvel = np.zeros((n, m.nv))
-        self._xpos = np.zeros((n, len(self._tracked) + 1, 3))
-        self._xquat = np.zeros((n, len(self._tracked) + 1, 4))
-        self._tcp = np.zeros((n, 3))
-        self._contact = np.zeros((n, 2), bool)
+        self._gather_bodies = np.append(self._tracked, self.ids.ee_body)
+        self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
         self.elapsed = np.zeros(n, np.int64)
         self._latency = np.zeros(n, np.int64)
         self._act_hist = np.zeros((n, self.randomizer.max_latency + 1, self.single_action_space.shape[0]))
@@ -124,7 +120,8 @@ class VecEnv(gym.vector.VectorEnv):
             if self.cfg.depth:
                 spaces[f"observation.depth.{cam}"] = gym.spaces.Box(0, inf, (h, w, 1), np.float32)
         if self.cfg.pointcloud.enabled:
-            spaces["observation.pointcloud"] = gym.spaces.Box(-inf, inf, (self.cfg.pointcloud.num_points, 6), np.float32)
+            n_pts = self.cfg.pointcloud.num_points
+            spaces["observation.pointcloud"] = gym.spaces.Box(-inf, inf, (n_pts, 6), np.float32)
         return gym.spaces.Dict(spaces)
 
     def _geom_roles(self) -> np.ndarray:
@@ -192,10 +189,11 @@ class VecEnv(gym.vector.VectorEnv):
                 f"action has shape {np.shape(actions)}, expected ({self.num_envs}, {dim}) for {self.num_envs} envs "
                 f"in action_mode={self.cfg.action_mode!r}"
             )
-        bad = ~np.isfinite(a)
-        if bad.any():
-            env, col = np.argwhere(bad)[0]
-            raise ActionError(f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed")
+        if not np.isfinite(a).all():
+            env, col = np.argwhere(~np.isfinite(a))[0]
+            raise ActionError(
+                f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed"
+            )
         return a
 
     def _physics(self, envs: np.ndarray) -> None:
@@ -217,9 +215,8 @@ class VecEnv(gym.vector.VectorEnv):
             self._act_hist[:, 0] = a
             a = self._act_hist[np.arange(self.num_envs), self._latency]
         ctrl = self.controller.compute(self.models, self.datas, self.state.q, a)
-        act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
         for d, c in zip(self.datas, ctrl):
-            d.ctrl[act_ids] = c
+            d.ctrl[self._act_ids] = c
         if self._pool is None:
             self._physics(self._chunks[0])
         else:
@@ -248,32 +245,36 @@ class VecEnv(gym.vector.VectorEnv):
 
     # ---- state, observations, infos ----------------------------------------------------------
     def _gather(self) -> None:
-        ids, tracked, role = self.ids, self._tracked, self._role
-        bodies = np.append(tracked, ids.ee_body)
+        """Copy what the task and observations need out of every MjData into fresh batch arrays."""
+        ids, role, n = self.ids, self._role, self.num_envs
+        bodies = self._gather_bodies
+        qpos = np.empty((n, self.nominal.nq))
+        qvel = np.empty((n, self.nominal.nv))
+        xpos = np.empty((n, len(bodies), 3))
+        xquat = np.empty((n, len(bodies), 4))
+        tcp = np.empty((n, 3))
+        contact = np.zeros((n, 2), bool)
         want_contact = bool(self.task.grasp_geoms)
         for i, d in enumerate(self.datas):
-            self._qpos[i] = d.qpos
-            self._qvel[i] = d.qvel
-            self._xpos[i] = d.xpos[bodies]
-            self._xquat[i] = d.xquat[bodies]
-            self._tcp[i] = d.site_xpos[ids.tcp_site]
+            qpos[i] = d.qpos
+            qvel[i] = d.qvel
+            xpos[i] = d.xpos[bodies]
+            xquat[i] = d.xquat[bodies]
+            tcp[i] = d.site_xpos[ids.tcp_site]
             if want_contact and d.ncon:
                 g = d.contact.geom
-                code = role[g[:, 0]] | role[g[:, 1]]
-                self._contact[i, 0] = (code == 5).any()
-                self._contact[i, 1] = (code == 6).any()
-            else:
-                self._contact[i] = False
-        names = self.task.tracked_bodies
+                code = role[g[:, 0]] | role[g[:, 1]]  # 5: left finger + target, 6: right finger + target
+                contact[i, 0] = (code == 5).any()
+                contact[i, 1] = (code == 6).any()
         self.state = BatchState(
-            q=self._qpos[:, ids.arm_qpos].copy(),
-            dq=self._qvel[:, ids.arm_dof].copy(),
-            fingers=self._qpos[:, ids.finger_qpos].copy(),
-            tcp_pos=self._tcp.copy(),
-            tcp_quat=self._xquat[:, -1].copy(),
-            body_pos={b: self._xpos[:, k].copy() for k, b in enumerate(names)},
-            body_quat={b: self._xquat[:, k].copy() for k, b in enumerate(names)},
-            grasp_contact=self._contact.copy(),
+            q=qpos[:, ids.arm_qpos],
+            dq=qvel[:, ids.arm_dof],
+            fingers=qpos[:, ids.finger_qpos],
+            tcp_pos=tcp,
+            tcp_quat=xquat[:, -1],
+            body_pos={b: xpos[:, k] for k, b in enumerate(self.task.tracked_bodies)},
+            body_quat={b: xquat[:, k] for k, b in enumerate(self.task.tracked_bodies)},
+            grasp_contact=contact,
         )
 
     def _observe(self) -> dict[str, np.ndarray]:
