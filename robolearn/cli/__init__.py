@@ -1,0 +1,1 @@
+"""The `robolearn` command line: `robolearn <verb> [--preset NAME] [KEY=VALUE ...]` (see `main.py`)."""

@@ -1,0 +1,328 @@
+"""`robolearn <verb> [--preset NAME] [KEY=VALUE ...]`: each verb builds a config and calls one function.
+
+A verb is one row of `VERBS`: the module that does the work, the function to call, the config
+dataclass that function takes and the `configs/<group>/` its presets live in. The CLI parses
+`--preset NAME` and dotted `KEY=VALUE` overrides, builds the config with `robolearn.config.load_config`
+and calls `run(cfg)`; all the work lives in that importable function, which tests call directly.
+The module is imported only when its verb runs (or shows `--help`), so one verb's heavy imports
+never slow down another. Adding a verb is adding a row.
+
+A `RobolearnError` (bad override, missing file, unknown task, ...) is printed as one line,
+`robolearn: error: <message>`, with exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import robolearn
+from robolearn.errors import RobolearnError
+
+OVERRIDE_HELP = (
+    "config overrides, dotted keys with YAML values, applied after the preset: e.g. num_envs=8 "
+    "randomization.physics.mass_scale=[0.8,1.2] cameras=[front,wrist] task_options.clearance=0.002 "
+    "(quote values with spaces for the shell)"
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A verb-specific option: a shorthand for one config key, or (field=None) a switch for `show`."""
+
+    option: str
+    """the option string, e.g. --json"""
+    help: str
+    """one line for --help"""
+    field: str | None = None
+    """dotted config key the option sets; None keeps the value in the parsed args for `Verb.show`"""
+    metavar: str | None = None
+    """takes a value when set (e.g. FILE); a switch that sets true otherwise"""
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One `robolearn <verb>`: which function it runs and with which config."""
+
+    help: str
+    """one line for `robolearn --help`"""
+    module: str
+    """module imported when the verb runs"""
+    function: str = "run"
+    """function in `module`: called as function(cfg), or function() when `config` is None"""
+    config: str | None = None
+    """config dataclass in `module` built from --preset and the overrides"""
+    preset_group: str | None = None
+    """--preset NAME loads configs/<preset_group>/NAME.yaml"""
+    flags: tuple[Flag, ...] = ()
+    """verb-specific options"""
+    show: Callable[[Any, argparse.Namespace], None] | None = None
+    """prints the function's return value; None prints nothing (the function reports itself)"""
+
+
+# ------------------------------------------------------------------------------------------------
+# `robolearn tasks`
+
+
+def format_tasks(tasks: Sequence[dict[str, Any]]) -> str:
+    """A readable listing of `robolearn.sim.registry.describe_tasks()`: stages, spaces, options per task."""
+    blocks = []
+    for task in tasks:
+        lines = [f"{task['name']}  {task.get('description', '')}".rstrip()]
+        rows: list[tuple[str, str]] = [("stages", " > ".join(task.get("stages", [])) or "-")]
+        rows.append(("max steps", str(task.get("max_episode_steps", "-"))))
+        spaces = [("observation", k, s, s.get("dtype", "")) for k, s in task.get("observation", {}).items()]
+        spaces += [("action", k, s, _bounds(s)) for k, s in task.get("action_modes", {}).items()]
+        key_w = max((len(k) for _, k, _, _ in spaces), default=0)
+        shape_w = max((len(_shape(s)) for _, _, s, _ in spaces), default=0)
+        last = None
+        for label, key, space, info in spaces:
+            rows.append(("" if label == last else label, f"{key:<{key_w}}  {_shape(space):<{shape_w}}  {info}"))
+            last = label
+        options = task.get("options") or {}
+        rows.append(("options", ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) or "-"))
+        lines += [f"  {label:<12} {value}" for label, value in rows]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "no tasks registered"
+
+
+def _shape(space: dict[str, Any]) -> str:
+    return str(tuple(space.get("shape", ())))
+
+
+def _bounds(space: dict[str, Any]) -> str:
+    low, high = space.get("low"), space.get("high")
+    if low is None or high is None:
+        return ""
+    low, high = _flat(low), _flat(high)
+    if low and high and len(set(low)) == 1 and len(set(high)) == 1:
+        return f"[{low[0]:g}, {high[0]:g}]"
+    return f"low [{', '.join(f'{v:.3g}' for v in low)}]  high [{', '.join(f'{v:.3g}' for v in high)}]"
+
+
+def _flat(values: Any) -> list[float]:
+    if isinstance(values, list | tuple):
+        return [x for v in values for x in _flat(v)]
+    return [float(values)]
+
+
+def _show_tasks(tasks: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(tasks, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    else:
+        print(format_tasks(tasks))
+
+
+# ------------------------------------------------------------------------------------------------
+# the verbs; a verb name with a space ("bench sim") is a sub-verb
+
+
+VERBS: dict[str, Verb] = {
+    "tasks": Verb(
+        "list the registered tasks: stages, observation and action spaces, options",
+        "robolearn.sim.registry",
+        function="describe_tasks",
+        flags=(Flag("--json", "print the task descriptions as JSON instead of a table"),),
+        show=_show_tasks,
+    ),
+    "bench sim": Verb(
+        "measure simulation throughput (env steps per second) and write a JSON report",
+        "robolearn.sim.bench",
+        config="BenchConfig",
+        preset_group="bench",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
+    ),
+    "demo": Verb(
+        "run the end-to-end demo pipeline on a simulated task",
+        "robolearn.demo",
+        config="DemoConfig",
+        preset_group="demo",
+        flags=(Flag("--quick", "a minutes-long smoke version of the demo (sets quick=true)", field="quick"),),
+    ),
+}
+
+GROUP_HELP = {"bench": "benchmarks that print a table and write JSON"}
+
+
+# ------------------------------------------------------------------------------------------------
+# parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose verb --help also lists the config keys (importing the verb's module then)."""
+
+    verb: Verb | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.verb is not None and self.verb.config is not None:
+            text += "\n" + _config_help(self.verb)
+        return text
+
+
+def _config_help(verb: Verb) -> str:
+    from robolearn.config import CONFIGS_DIR, describe_fields
+
+    lines = []
+    if verb.preset_group:
+        group = CONFIGS_DIR / verb.preset_group
+        names = sorted(p.stem for p in group.glob("*.yaml")) if group.is_dir() else []
+        lines.append(f"presets (configs/{verb.preset_group}/): {', '.join(names) or 'none yet'}")
+        lines.append("")
+    try:
+        cls = getattr(importlib.import_module(verb.module), verb.config)
+    except Exception as e:  # help must still print when the verb's module is missing or broken
+        lines.append(f"config keys: unavailable ({verb.module}.{verb.config} could not be loaded: {e})")
+        return "\n".join(lines) + "\n"
+    width = max(40, min(shutil.get_terminal_size((100, 24)).columns, 120))
+    lines.append(f"config keys of {cls.__name__} (set as KEY=VALUE; defaults shown):")
+    for row in describe_fields(cls):
+        if row["section"]:
+            lines.append(f"  {row['key']}.*: {row['help']}".rstrip(": "))
+            continue
+        default = json.dumps(row["default"])
+        lines.append(f"  {row['key']} ({row['type']}) = {default}")
+        if row["help"]:
+            lines += textwrap.wrap(row["help"], width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `robolearn` argument parser, built from VERBS."""
+    parser = _Parser(
+        prog="robolearn",
+        description="robolearn: train manipulation policies in simulation and deploy them to real arms.",
+        epilog="Each verb takes --preset NAME and KEY=VALUE overrides; `robolearn VERB --help` lists its config keys.",
+    )
+    parser.add_argument("--version", action="version", version=f"robolearn {robolearn.__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, verb in VERBS.items():
+        *group, leaf = name.split()
+        where = verbs
+        if group:
+            if group[0] not in groups:
+                group_parser = verbs.add_parser(group[0], help=GROUP_HELP.get(group[0], group[0]))
+                groups[group[0]] = group_parser.add_subparsers(
+                    dest=f"{group[0]}_verb", metavar="VERB", required=True, parser_class=_Parser
+                )
+            where = groups[group[0]]
+        sub = where.add_parser(leaf, help=verb.help, description=verb.help)
+        sub.verb = verb
+        _add_verb_arguments(sub, verb)
+        sub.set_defaults(_verb=name, _parser=sub)
+    return parser
+
+
+def _add_verb_arguments(sub: argparse.ArgumentParser, verb: Verb) -> None:
+    if verb.config is not None:
+        preset_help = "a preset: configs/<group>/NAME.yaml by name, or a path to a YAML file"
+        if verb.preset_group:
+            preset_help = f"a preset: configs/{verb.preset_group}/NAME.yaml by name, or a path to a YAML file"
+        sub.add_argument("-p", "--preset", metavar="NAME", help=preset_help)
+        sub.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    for flag in verb.flags:
+        dest = flag.option.lstrip("-").replace("-", "_")
+        if flag.metavar:
+            sub.add_argument(flag.option, dest=dest, metavar=flag.metavar, help=flag.help)
+        else:
+            sub.add_argument(flag.option, dest=dest, action="store_true", help=flag.help)
+    if verb.config is not None:
+        sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDE_HELP)
+
+
+def _overrides(args: argparse.Namespace, extra: list[str], verb: Verb) -> list[str]:
+    """Positional overrides, then the verb's flags as overrides (flags win)."""
+    out = [*getattr(args, "overrides", []), *extra]
+    for flag in verb.flags:
+        if flag.field is None:
+            continue
+        value = getattr(args, flag.option.lstrip("-").replace("-", "_"))
+        if flag.metavar and value is not None:
+            out.append(f"{flag.field}={json.dumps(value)}")  # JSON strings are YAML: any path survives
+        elif not flag.metavar and value:
+            out.append(f"{flag.field}=true")
+    return out
+
+
+def _import(name: str, verb: Verb) -> Any:
+    try:
+        return importlib.import_module(verb.module)
+    except ModuleNotFoundError as e:  # a missing module is an install problem: one line, not a traceback
+        missing = e.name or ""
+        if verb.module == missing or verb.module.startswith(missing + "."):
+            raise RobolearnError(
+                f"`robolearn {name}` is not available in this install (no module {verb.module})"
+            ) from None
+        if not missing.startswith("robolearn"):
+            raise RobolearnError(
+                f"`robolearn {name}` needs the Python package {missing!r}, which is not installed; run `make venv`"
+            ) from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------------
+# entry point
+
+
+def run_verb(name: str, args: argparse.Namespace, overrides: list[str]) -> int:
+    """Build the verb's config and call its function; returns the exit code."""
+    verb = VERBS[name]
+    module = _import(name, verb)
+    function = getattr(module, verb.function)
+    if verb.config is None:
+        result = function()
+    else:
+        from robolearn.config import config_to_dict, load_config
+
+        preset = args.preset
+        if preset is not None and verb.preset_group and "/" not in preset and not preset.endswith((".yaml", ".yml")):
+            preset = f"{verb.preset_group}/{preset}"
+        cfg = load_config(getattr(module, verb.config), preset, overrides)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None), end="")
+            return 0
+        result = function(cfg)
+    if verb.show is not None:
+        verb.show(result, args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `robolearn` with `argv` (default sys.argv[1:]); returns the exit code.
+
+    argparse usage errors and --help exit through SystemExit (code 2 and 0) as usual.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(None if argv is None else list(argv))
+    verb = VERBS[args._verb]
+    # argparse stops filling the KEY=VALUE positional at the first option, so `demo a=1 --quick b=2`
+    # leaves b=2 in `extra`; anything else left over is a real mistake.
+    wrong = [x for x in extra if x.startswith("-") or "=" not in x or verb.config is None]
+    if wrong:
+        hint = ""
+        if any(x.startswith("--") and "=" in x for x in wrong):
+            hint = "; overrides are written KEY=VALUE without dashes, e.g. num_envs=8"
+        args._parser.error(f"unrecognized arguments: {' '.join(wrong)}{hint}")
+    try:
+        return run_verb(args._verb, args, _overrides(args, extra, verb))
+    except RobolearnError as e:
+        print(f"robolearn: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `robolearn tasks | head`: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())
