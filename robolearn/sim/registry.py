@@ -64,7 +64,7 @@ def make_env(cfg: EnvConfig | str | None = None, **overrides: Any):
     from robolearn.sim.config import EnvConfig
 
     if cfg is None or isinstance(cfg, str):
-        cfg = EnvConfig(task=cfg or "lift", **overrides)
+        cfg = EnvConfig(task=cfg or overrides.pop("task", "lift"), **overrides)
     elif overrides:
         cfg = EnvConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **overrides})
     cfg.validate()

@@ -44,6 +44,24 @@ STATE_NAMES = (
 )
 
 
+def check_action(actions, num_envs: int, dim: int, mode: str) -> np.ndarray:
+    """Validate a batch of actions: (N, dim) finite floats (a flat (dim,) is accepted when N == 1)."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.shape == (dim,) and num_envs == 1:
+        a = a[None]
+    if a.shape != (num_envs, dim):
+        raise ActionError(
+            f"action has shape {np.shape(actions)}, expected ({num_envs}, {dim}) for {num_envs} envs "
+            f"in action_mode={mode!r}"
+        )
+    if not np.isfinite(a).all():
+        env, col = np.argwhere(~np.isfinite(a))[0]
+        raise ActionError(
+            f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed"
+        )
+    return a
+
+
 def build_model(task: Task, robot, physics_hz: float) -> mujoco.MjModel:
     """Tabletop scene + the task's objects + the Panda, compiled."""
     spec = mujoco.MjSpec.from_file(str(SIM_ASSETS / "scenes" / "tabletop.xml"))
@@ -179,23 +197,6 @@ class VecEnv(gym.vector.VectorEnv):
         return self.reset(options={"reset_mask": mask})[0]
 
     # ---- stepping ----------------------------------------------------------------------------
-    def _check_action(self, actions) -> np.ndarray:
-        a = np.asarray(actions, dtype=np.float64)
-        dim = self.single_action_space.shape[0]
-        if a.shape == (dim,) and self.num_envs == 1:
-            a = a[None]
-        if a.shape != (self.num_envs, dim):
-            raise ActionError(
-                f"action has shape {np.shape(actions)}, expected ({self.num_envs}, {dim}) for {self.num_envs} envs "
-                f"in action_mode={self.cfg.action_mode!r}"
-            )
-        if not np.isfinite(a).all():
-            env, col = np.argwhere(~np.isfinite(a))[0]
-            raise ActionError(
-                f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed"
-            )
-        return a
-
     def _physics(self, envs: np.ndarray) -> None:
         models, datas, n = self.models, self.datas, self.substeps
         render = self.renderer is not None
@@ -209,7 +210,7 @@ class VecEnv(gym.vector.VectorEnv):
                 mujoco.mj_camlight(m, d)
 
     def step(self, actions):
-        a = self._check_action(actions)
+        a = check_action(actions, self.num_envs, self.single_action_space.shape[0], self.cfg.action_mode)
         if self.randomizer.max_latency:
             self._act_hist = np.roll(self._act_hist, 1, axis=1)
             self._act_hist[:, 0] = a
