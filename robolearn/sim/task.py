@@ -16,7 +16,7 @@ import mujoco
 import numpy as np
 
 from robolearn.errors import ConfigError
-from robolearn.sim.rotations import quat_mul, rotation_error, yaw_quat
+from robolearn.sim.rotations import quat_mul, quat_to_yaw, rotation_error, yaw_quat
 
 # TCP orientation with the gripper pointing straight down and the fingers closing along world y
 # (the Panda "ready" pose): x_tcp = +y_world, y_tcp = +x_world, z_tcp = -z_world.
@@ -175,6 +175,12 @@ def grasp_quat(yaw: np.ndarray) -> np.ndarray:
     return quat_mul(yaw_quat(yaw), np.broadcast_to(DOWN_QUAT, (*np.shape(yaw), 4)))
 
 
+def square_grasp_yaw(object_quat: np.ndarray) -> np.ndarray:
+    """Gripper yaw for an object with 90-degree symmetry, folded into [-pi/4, pi/4] to spare the wrist."""
+    yaw = quat_to_yaw(object_quat)
+    return (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+
+
 def parse_options(cls: type, raw: dict[str, Any], task_name: str):
     """Build a task's options dataclass from a dict, naming any unknown key or bad value."""
     known = {f.name: f for f in fields(cls)}
@@ -197,12 +203,24 @@ def parse_options(cls: type, raw: dict[str, Any], task_name: str):
     return cls(**out)
 
 
+def _body_id(model: mujoco.MjModel, body: str) -> int:
+    bid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
+    if bid < 0:  # a -1 would silently index the last body
+        raise ConfigError(f"the task's scene has no body {body!r}; check the task's build()")
+    return bid
+
+
 def free_joint_qpos(model: mujoco.MjModel, body: str) -> int:
     """qpos address of the free joint of `body`."""
-    bid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
+    bid = _body_id(model, body)
+    if model.body_jntnum[bid] != 1 or model.jnt_type[model.body_jntadr[bid]] != mujoco.mjtJoint.mjJNT_FREE:
+        raise ConfigError(f"body {body!r} has no free joint; give it one in the task's build()")
     return int(model.jnt_qposadr[model.body_jntadr[bid]])
 
 
 def mocap_id(model: mujoco.MjModel, body: str) -> int:
-    bid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, body)
-    return int(model.body_mocapid[bid])
+    """Index into data.mocap_pos / mocap_quat of a mocap `body`."""
+    mid = int(model.body_mocapid[_body_id(model, body)])
+    if mid < 0:
+        raise ConfigError(f"body {body!r} is not a mocap body; declare it with mocap=true")
+    return mid

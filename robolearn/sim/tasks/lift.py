@@ -8,8 +8,16 @@ import mujoco
 import numpy as np
 
 from robolearn.sim.registry import register_task
-from robolearn.sim.rotations import quat_to_yaw
-from robolearn.sim.task import BatchState, ScriptedExpert, Task, TaskEval, TaskOptions, free_joint_qpos, grasp_quat
+from robolearn.sim.task import (
+    BatchState,
+    ScriptedExpert,
+    Task,
+    TaskEval,
+    TaskOptions,
+    free_joint_qpos,
+    grasp_quat,
+    square_grasp_yaw,
+)
 
 
 @dataclass
@@ -91,12 +99,6 @@ class Lift(Task):
 
     def make_expert(self, num_envs, max_dpos, max_drot):
         return LiftExpert(self, num_envs, max_dpos, max_drot)
-
-
-def square_grasp_yaw(object_quat: np.ndarray) -> np.ndarray:
-    """Gripper yaw for an object with 90-degree symmetry, folded into [-pi/4, pi/4]."""
-    yaw = quat_to_yaw(object_quat)
-    return (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
 
 
 class LiftExpert(ScriptedExpert):
