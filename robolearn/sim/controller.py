@@ -34,7 +34,9 @@ class ArmController:
         self.nullspace_gain = nullspace_gain
         self.nv = nv
         self.half_width = robot.gripper_width_max / 2
-        self._jac: np.ndarray | None = None
+        self._jac = np.zeros((6, nv))  # scratch for one env's Jacobian, its 6x6 system and solution
+        self._a = np.zeros((6, 6))
+        self._y = np.zeros(6)
 
     @property
     def action_dim(self) -> int:
@@ -57,40 +59,38 @@ class ArmController:
         a[:, -1] = -1.0
         return a
 
-    def jacobians(self, models, datas) -> np.ndarray:
-        """(N, 6, 7) TCP Jacobians (linear; angular) w.r.t. the arm joints."""
-        n = len(datas)
-        if self._jac is None or self._jac.shape[0] != n:
-            self._jac = np.zeros((n, 6, self.nv))
-        jac = self._jac
-        site = self.ids.tcp_site
-        for i, (m, d) in enumerate(zip(models, datas)):
-            mujoco.mj_jacSite(m, d, jac[i, :3], jac[i, 3:], site)
-        return jac[:, :, self.ids.arm_dof]
+    def ik(self, models, datas, q: np.ndarray, twist: np.ndarray) -> np.ndarray:
+        """Damped-least-squares IK step with a null-space pull toward home: -> (N, 7) joint targets.
 
-    def ik_step(self, jac: np.ndarray, q: np.ndarray, twist: np.ndarray) -> np.ndarray:
-        """Damped least squares with a null-space pull toward home: (N,6,7), (N,7), (N,6) -> (N,7) dq.
-
-        dq = J+ e + (I - J+ J) z with J+ = J^T (J J^T + l^2 I)^-1 and z = k (home - q); written with
-        one batched inverse and four matmuls because numpy's per-call cost dominates at these sizes.
+        dq = z + J^T y,  (J J^T + l^2 I) y = twist - J z,  z = k (home - q)
+        i.e. J+ twist + (I - J+ J) z with J+ = J^T (J J^T + l^2 I)^-1. Solved per env with MuJoCo's
+        6x6 Cholesky: numpy's LAPACK path costs more per call than the physics at these sizes, and
+        the OpenBLAS bundled with numpy threads even a 6x6 factorization, which stalls on a busy CPU.
+        The per-env cost (~10 us) is a fixed fraction of that env's physics, whatever N is.
         """
-        jt = np.swapaxes(jac, 1, 2)
-        pinv = jt @ np.linalg.inv(jac @ jt + self._damp)  # (N, 7, 6)
+        site, dofs = self.ids.tcp_site, self.ids.arm_dof
         z = self.nullspace_gain * (self.robot.home - q)
-        dq = z + (pinv @ (twist - (jac @ z[..., None])[..., 0])[..., None])[..., 0]
-        return np.minimum(np.maximum(dq, -self.max_step), self.max_step)
+        dq = np.empty_like(q)
+        jac, a, y = self._jac, self._a, self._y
+        for i, (m, d) in enumerate(zip(models, datas)):
+            mujoco.mj_jacSite(m, d, jac[:3], jac[3:], site)
+            j = jac[:, dofs]
+            np.matmul(j, j.T, out=a)
+            a += self._damp
+            mujoco.mju_cholFactor(a, 0.0)
+            mujoco.mju_cholSolve(y, a, twist[i] - j @ z[i])
+            dq[i] = z[i] + j.T @ y
+        return q + np.minimum(np.maximum(dq, -self.max_step), self.max_step)
 
     def ee_to_joint(self, models, datas, q: np.ndarray, ee_action: np.ndarray) -> np.ndarray:
         """ee_delta actions (N, 7) -> joint_pos actions (N, 8) at the current state."""
-        twist = ee_action[:, :6] * self._twist_scale
-        q_target = q + self.ik_step(self.jacobians(models, datas), q, twist)
+        q_target = self.ik(models, datas, q, ee_action[:, :6] * self._twist_scale)
         return np.concatenate([np.minimum(np.maximum(q_target, self.lo), self.hi), ee_action[:, 6:7]], axis=1)
 
     def compute(self, models, datas, q: np.ndarray, action: np.ndarray) -> np.ndarray:
         """(N, A) actions -> (N, 9) actuator targets."""
         if self.mode == "ee_delta":
-            twist = action[:, :6] * self._twist_scale
-            q_target = q + self.ik_step(self.jacobians(models, datas), q, twist)
+            q_target = self.ik(models, datas, q, action[:, :6] * self._twist_scale)
         else:
             q_target = action[:, :7]
         out = np.empty((q.shape[0], 9))
