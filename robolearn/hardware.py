@@ -73,12 +73,30 @@ def load_robot(name_or_path: str | Path = "panda") -> RobotSpec:
         return d[key]
 
     if get(raw, "format_version", "") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: format_version {raw['format_version']} is not supported (expected {FORMAT_VERSION})")
+        raise ConfigError(
+            f"{path}: format_version {raw['format_version']} is not supported (expected {FORMAT_VERSION})"
+        )
     arm, grip, ctl = get(raw, "arm", ""), get(raw, "gripper", ""), get(raw, "control", "")
+    for section, value in (("arm", arm), ("gripper", grip), ("control", ctl)):
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: '{section}' must be a mapping of keys, got {value!r}; see hardware/robots/panda.yaml"
+            )
+
+    def number(d: dict, key: str, where: str) -> float:
+        value = get(d, key, where)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ConfigError(f"{path}: {where}{key} must be a finite number, got {value!r}")
+        return float(value)
+
     names = tuple(get(arm, "joint_names", "arm."))
     vecs = {}
     for key in ("position_lower", "position_upper", "velocity_limit", "effort_limit", "home"):
-        v = np.asarray(get(arm, key, "arm."), dtype=np.float64)
+        value = get(arm, key, "arm.")  # outside the try: ConfigError is a ValueError too
+        try:
+            v = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            v = np.full(0, np.nan)
         if v.shape != (len(names),) or not np.all(np.isfinite(v)):
             raise ConfigError(f"{path}: arm.{key} must be {len(names)} finite numbers, got {arm[key]!r}")
         vecs[key] = v
@@ -96,10 +114,10 @@ def load_robot(name_or_path: str | Path = "panda") -> RobotSpec:
         effort_limit=vecs["effort_limit"],
         home=vecs["home"],
         gripper_joint_names=tuple(get(grip, "joint_names", "gripper.")),
-        gripper_width_min=float(get(grip, "width_min", "gripper.")),
-        gripper_width_max=float(get(grip, "width_max", "gripper.")),
-        gripper_max_force=float(get(grip, "max_force", "gripper.")),
-        control_rate_hz=float(get(ctl, "rate_hz", "control.")),
+        gripper_width_min=number(grip, "width_min", "gripper."),
+        gripper_width_max=number(grip, "width_max", "gripper."),
+        gripper_max_force=number(grip, "max_force", "gripper."),
+        control_rate_hz=number(ctl, "rate_hz", "control."),
         topics=topics,
         path=path,
     )

@@ -80,7 +80,10 @@ class ArmController:
             mujoco.mju_cholFactor(a, 0.0)
             mujoco.mju_cholSolve(y, a, twist[i] - j @ z[i])
             dq[i] = z[i] + j.T @ y
-        return q + np.minimum(np.maximum(dq, -self.max_step), self.max_step)
+        # scale the whole step down when a joint would exceed its velocity limit: clipping joints one
+        # by one would bend a straight-line command into a diagonal at full-scale actions
+        scale = np.min(self.max_step / np.maximum(np.abs(dq), 1e-12), axis=1, keepdims=True)
+        return q + dq * np.minimum(scale, 1.0)
 
     def ee_to_joint(self, models, datas, q: np.ndarray, ee_action: np.ndarray) -> np.ndarray:
         """ee_delta actions (N, 7) -> joint_pos actions (N, 8) at the current state."""

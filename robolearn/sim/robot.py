@@ -23,9 +23,13 @@ from robolearn.errors import RobolearnError
 from robolearn.hardware import RobotSpec
 
 # PD gains of the joint position actuators, N*m/rad and N*m*s/rad: a 0.05 rad step mostly
-# settles within one 50 ms control period on robosuite's Panda inertias.
+# settles within one 50 ms control period on robosuite's Panda inertias. The wrist (joints 5-7)
+# saturates its 12 N*m effort limit at a few mrad of error, and a saturated PD brakes late, so it
+# gets twice the damping time (kv/kp = 40 ms) and less rotor inertia: a 0.1 rad joint step then
+# settles without overshoot instead of ringing to 0.2 rad.
 ARM_KP = np.array([4500.0, 4500.0, 3500.0, 3500.0, 2000.0, 1500.0, 800.0])
-ARM_KV = ARM_KP * 0.02  # kv/kp = 20 ms: settles within a control period, damping ratio ~0.4-0.7
+ARM_KV = ARM_KP * np.array([0.02, 0.02, 0.02, 0.02, 0.04, 0.04, 0.04])
+ARM_ARMATURE = np.array([0.1, 0.1, 0.1, 0.1, 0.02, 0.02, 0.02])  # reflected rotor inertia, kg*m^2
 FINGER_KP = 1000.0  # N/m, as robosuite's Panda hand
 
 PREFIX = "panda_"
@@ -83,10 +87,11 @@ def attach_panda(scene: mujoco.MjSpec, robot: RobotSpec, base_pos=(0.0, 0.0, 0.0
     finger_joints = [scene.joint(f"{PREFIX}finger_joint{i + 1}") for i in range(2)]
     if robot.dof != 7 or len(robot.gripper_joint_names) != 2:
         raise RobolearnError(f"{robot.path}: the simulated Panda needs 7 arm joints and 2 finger joints")
-    for j, name, lo, hi in zip(arm_joints, robot.joint_names, robot.position_lower, robot.position_upper):
+    for j, name, lo, hi, arm in zip(arm_joints, robot.joint_names, robot.position_lower, robot.position_upper,
+                                    ARM_ARMATURE):
         j.name = name
         j.range = [lo, hi]
-        j.armature = 0.1  # reflected rotor inertia; also keeps the stiff PD stable at 2 ms steps
+        j.armature = arm  # also keeps the stiff PD stable at 2 ms steps
     half = robot.gripper_width_max / 2
     for j, name, rng in zip(finger_joints, robot.gripper_joint_names, ([0.0, half], [-half, 0.0])):
         j.name = name
