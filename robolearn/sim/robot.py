@@ -12,6 +12,7 @@ Differences from robosuite's model, and why:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,20 +67,82 @@ class RobotIds:
     finger_geoms: np.ndarray  # collision geoms of the fingers (pads and meshes)
 
 
-def attach_panda(scene: mujoco.MjSpec, robot: RobotSpec, base_pos=(0.0, 0.0, 0.0)) -> None:
-    """Attach the Panda arm and hand to `scene` at `base_pos` (world frame, m)."""
+def _panda_spec() -> mujoco.MjSpec:
+    """robosuite's Panda arm with its hand attached, actuators and sensors removed."""
     assets = robosuite_assets()
     arm = mujoco.MjSpec.from_file(str(assets / "robots" / "panda" / "robot.xml"))
     hand = mujoco.MjSpec.from_file(str(assets / "grippers" / "panda_gripper.xml"))
     arm.meshdir = str(assets / "robots" / "panda") + "/"
     hand.meshdir = str(assets / "grippers") + "/"
-    for act in list(arm.actuators):  # robosuite's torque motors; replaced below
+    for act in list(arm.actuators):  # robosuite's torque motors; replaced by position actuators
         arm.delete(act)
     for act in list(hand.actuators):
         hand.delete(act)
     for sensor in list(hand.sensors):
         hand.delete(sensor)
     arm.body("right_hand").add_frame().attach_body(hand.body("right_gripper"), "", "")
+    return arm
+
+
+@functools.cache
+def _merged_visuals() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:  # body -> [(material, v, f)]
+    """Per body: (material, vertices in the body frame, faces) of its visual meshes merged by material.
+
+    robosuite's Panda draws ~55 visual sub-meshes; a software renderer pays per draw call about what
+    it pays for a thousand triangles, so merging them per (body, material) roughly halves the cost
+    of a small camera image without changing a pixel of geometry."""
+    model = _panda_spec().compile()
+    out: dict[str, dict[tuple, tuple[str, list, list, int]]] = {}
+    for g in range(model.ngeom):
+        if model.geom_type[g] != mujoco.mjtGeom.mjGEOM_MESH or model.geom_contype[g] or model.geom_conaffinity[g]:
+            continue
+        mesh, mat = model.geom_dataid[g], model.geom_matid[g]
+        if mat < 0 or model.geom_group[g] != 1:
+            continue  # only material-coloured visual meshes (the fingers use rgba and stay as they are)
+        va, vn = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+        fa, fn = model.mesh_faceadr[mesh], model.mesh_facenum[mesh]
+        rot = np.zeros(9)
+        mujoco.mju_quat2Mat(rot, model.geom_quat[g])
+        vert = model.mesh_vert[va : va + vn] @ rot.reshape(3, 3).T + model.geom_pos[g]
+        groups = out.setdefault(model.body(model.geom_bodyid[g]).name, {})
+        # robosuite gives each sub-mesh its own material, many of them identical: group by appearance
+        look = (*np.round(model.mat_rgba[mat], 3), round(float(model.mat_specular[mat]), 3),
+                round(float(model.mat_shininess[mat]), 3))
+        name, verts, faces, count = groups.get(look, (model.material(mat).name, [], [], 0))
+        verts.append(vert)
+        faces.append(model.mesh_face[fa : fa + fn] + count)
+        groups[look] = (name, verts, faces, count + vn)
+    return {
+        body: [(name, np.concatenate(v), np.concatenate(f)) for name, v, f, _ in groups.values()]
+        for body, groups in out.items()
+    }
+
+
+def _merge_visual_meshes(arm: mujoco.MjSpec) -> None:
+    """Replace the arm's visual sub-meshes by one mesh per (body, material look)."""
+    merged = _merged_visuals()
+    replaced = set()
+    for body_name, parts in merged.items():
+        body = arm.body(body_name)
+        for geom in list(body.geoms):
+            if geom.type == mujoco.mjtGeom.mjGEOM_MESH and geom.contype == 0 and geom.conaffinity == 0 \
+                    and geom.material and geom.group == 1:
+                replaced.add(geom.meshname)
+                arm.delete(geom)
+        for k, (mat, vert, face) in enumerate(parts):
+            name = f"{body_name}_visual_{k}"
+            arm.add_mesh(name=name, uservert=vert.ravel().tolist(), userface=face.ravel().tolist())
+            body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_MESH, meshname=name, material=mat,
+                          contype=0, conaffinity=0, group=1)
+    for mesh in list(arm.meshes):  # unused mesh assets would still be loaded and uploaded to every GL context
+        if mesh.name in replaced:
+            arm.delete(mesh)
+
+
+def attach_panda(scene: mujoco.MjSpec, robot: RobotSpec, base_pos=(0.0, 0.0, 0.0)) -> None:
+    """Attach the Panda arm and hand to `scene` at `base_pos` (world frame, m)."""
+    arm = _panda_spec()
+    _merge_visual_meshes(arm)
     frame = scene.worldbody.add_frame(pos=list(base_pos))
     frame.attach_body(arm.body("base"), PREFIX, "")
 
@@ -114,6 +177,7 @@ def attach_panda(scene: mujoco.MjSpec, robot: RobotSpec, base_pos=(0.0, 0.0, 0.0
     for g in scene.geoms:
         if not g.name.startswith(PREFIX) or g.contype == 0 and g.conaffinity == 0:
             continue
+        g.group = 3  # collision hulls are not drawn: they double the render cost and stripe the images
         if "finger" in g.name:
             g.contype, g.conaffinity = 1, 3
         elif g.name in (f"{PREFIX}link0_collision", f"{PREFIX}link1_collision"):
