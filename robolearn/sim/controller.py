@@ -10,6 +10,7 @@ import mujoco
 import numpy as np
 
 from robolearn.hardware import RobotSpec
+from robolearn.sim._kernels import ee_delta_to_ctrl
 from robolearn.sim.robot import RobotIds
 
 
@@ -30,13 +31,12 @@ class ArmController:
         self._twist_scale = np.array([max_dpos] * 3 + [max_drot] * 3)
         self.lo, self.hi = robot.position_lower, robot.position_upper
         self.max_step = robot.velocity_limit * control_dt  # joint change per control step, rad
-        self._damp = damping**2 * np.eye(6)
+        self._damping2 = damping**2
         self.nullspace_gain = nullspace_gain
         self.nv = nv
         self.half_width = robot.gripper_width_max / 2
-        self._jac = np.zeros((6, nv))  # scratch for one env's Jacobian, its 6x6 system and solution
-        self._a = np.zeros((6, 6))
-        self._y = np.zeros(6)
+        self._jac = np.zeros((0, 6, nv))
+        self._dofs = ids.arm_dof.astype(np.int64)
 
     @property
     def action_dim(self) -> int:
@@ -59,45 +59,34 @@ class ArmController:
         a[:, -1] = -1.0
         return a
 
-    def ik(self, models, datas, q: np.ndarray, twist: np.ndarray) -> np.ndarray:
-        """Damped-least-squares IK step with a null-space pull toward home: -> (N, 7) joint targets.
-
-        dq = z + J^T y,  (J J^T + l^2 I) y = twist - J z,  z = k (home - q)
-        i.e. J+ twist + (I - J+ J) z with J+ = J^T (J J^T + l^2 I)^-1. Solved per env with MuJoCo's
-        6x6 Cholesky: numpy's LAPACK path costs more per call than the physics at these sizes, and
-        the OpenBLAS bundled with numpy threads even a 6x6 factorization, which stalls on a busy CPU.
-        The per-env cost (~10 us) is a fixed fraction of that env's physics, whatever N is.
-        """
-        site, dofs = self.ids.tcp_site, self.ids.arm_dof
-        z = self.nullspace_gain * (self.robot.home - q)
-        dq = np.empty_like(q)
-        jac, a, y = self._jac, self._a, self._y
+    def jacobians(self, models, datas) -> np.ndarray:
+        """(N, 6, nv) TCP Jacobians (linear; angular) of every env, in a reused buffer."""
+        n = len(datas)
+        if self._jac.shape[0] != n:
+            self._jac = np.zeros((n, 6, self.nv))
+        site = self.ids.tcp_site
         for i, (m, d) in enumerate(zip(models, datas)):
-            mujoco.mj_jacSite(m, d, jac[:3], jac[3:], site)
-            j = jac[:, dofs]
-            np.matmul(j, j.T, out=a)
-            a += self._damp
-            mujoco.mju_cholFactor(a, 0.0)
-            mujoco.mju_cholSolve(y, a, twist[i] - j @ z[i])
-            dq[i] = z[i] + j.T @ y
-        # scale the whole step down when a joint would exceed its velocity limit: clipping joints one
-        # by one would bend a straight-line command into a diagonal at full-scale actions
-        scale = np.min(self.max_step / np.maximum(np.abs(dq), 1e-12), axis=1, keepdims=True)
-        return q + dq * np.minimum(scale, 1.0)
+            mujoco.mj_jacSite(m, d, self._jac[i, :3], self._jac[i, 3:], site)
+        return self._jac
+
+    def _ik_ctrl(self, models, datas, q: np.ndarray, action: np.ndarray) -> np.ndarray:
+        out = np.empty((q.shape[0], 9))
+        ee_delta_to_ctrl(self.jacobians(models, datas), self._dofs, q, action,
+                         self._twist_scale, self.robot.home, self.nullspace_gain, self._damping2, self.max_step,
+                         self.lo, self.hi, self.half_width, out)
+        return out
 
     def ee_to_joint(self, models, datas, q: np.ndarray, ee_action: np.ndarray) -> np.ndarray:
         """ee_delta actions (N, 7) -> joint_pos actions (N, 8) at the current state."""
-        q_target = self.ik(models, datas, q, ee_action[:, :6] * self._twist_scale)
-        return np.concatenate([np.minimum(np.maximum(q_target, self.lo), self.hi), ee_action[:, 6:7]], axis=1)
+        ctrl = self._ik_ctrl(models, datas, q, np.ascontiguousarray(ee_action, dtype=np.float64))
+        return np.concatenate([ctrl[:, :7], ee_action[:, 6:7]], axis=1)
 
     def compute(self, models, datas, q: np.ndarray, action: np.ndarray) -> np.ndarray:
         """(N, A) actions -> (N, 9) actuator targets."""
         if self.mode == "ee_delta":
-            q_target = self.ik(models, datas, q, action[:, :6] * self._twist_scale)
-        else:
-            q_target = action[:, :7]
+            return self._ik_ctrl(models, datas, q, action)
         out = np.empty((q.shape[0], 9))
-        out[:, :7] = np.minimum(np.maximum(q_target, self.lo), self.hi)
+        out[:, :7] = np.minimum(np.maximum(action[:, :7], self.lo), self.hi)
         g = np.minimum(np.maximum(action[:, -1], -1.0), 1.0)
         out[:, 7] = self.half_width * (1.0 - g) / 2.0  # per finger opening, m
         out[:, 8] = -out[:, 7]

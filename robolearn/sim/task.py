@@ -125,10 +125,8 @@ class Task(ABC):
 
     def reward(self, ev: TaskEval) -> np.ndarray:
         """(N,) weighted sum of the named dense terms."""
-        total = np.zeros(ev.success.shape[0])
-        for name, w in self.reward_weights.items():
-            total += w * ev.terms[name]
-        return total
+        weights = np.fromiter(self.reward_weights.values(), float)
+        return weights @ np.array([ev.terms[name] for name in self.reward_weights], dtype=float)
 
     # ---- expert ------------------------------------------------------------------------------
     @abstractmethod

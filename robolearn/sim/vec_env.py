@@ -30,6 +30,7 @@ from gymnasium.vector.utils import batch_space
 
 from robolearn.errors import ActionError, ConfigError
 from robolearn.hardware import load_robot
+from robolearn.sim._kernels import finger_contacts
 from robolearn.sim.config import EnvConfig
 from robolearn.sim.controller import ArmController
 from robolearn.sim.randomization import DomainRandomizer
@@ -98,6 +99,7 @@ class VecEnv(gym.vector.VectorEnv):
         # one shared model unless randomization changes it per env
         self.models = [copy(m) if self.randomizer.needs_model_copies else m for _ in range(n)]
         self.datas = [mujoco.MjData(mi) for mi in self.models]
+        self._views = [(d, d.qpos, d.qvel, d.xpos, d.xquat, d.site_xpos) for d in self.datas]
         self._role = self._geom_roles()
 
         self.controller = ArmController(self.robot, self.ids, m.nv, cfg.action_mode, cfg.max_dpos,
@@ -248,7 +250,7 @@ class VecEnv(gym.vector.VectorEnv):
     def _gather(self) -> None:
         """Copy what the task and observations need out of every MjData into fresh batch arrays."""
         ids, role, n = self.ids, self._role, self.num_envs
-        bodies = self._gather_bodies
+        bodies, tcp_site = self._gather_bodies, ids.tcp_site
         qpos = np.empty((n, self.nominal.nq))
         qvel = np.empty((n, self.nominal.nv))
         xpos = np.empty((n, len(bodies), 3))
@@ -256,25 +258,24 @@ class VecEnv(gym.vector.VectorEnv):
         tcp = np.empty((n, 3))
         contact = np.zeros((n, 2), bool)
         want_contact = bool(self.task.grasp_geoms)
-        for i, d in enumerate(self.datas):
-            qpos[i] = d.qpos
-            qvel[i] = d.qvel
-            xpos[i] = d.xpos[bodies]
-            xquat[i] = d.xquat[bodies]
-            tcp[i] = d.site_xpos[ids.tcp_site]
+        # views into each MjData's buffers stay valid for its lifetime: fetch them once (see __init__)
+        for i, (d, d_qpos, d_qvel, d_xpos, d_xquat, d_site) in enumerate(self._views):
+            qpos[i] = d_qpos
+            qvel[i] = d_qvel
+            xpos[i] = d_xpos[bodies]
+            xquat[i] = d_xquat[bodies]
+            tcp[i] = d_site[tcp_site]
             if want_contact and d.ncon:
-                g = d.contact.geom
-                code = role[g[:, 0]] | role[g[:, 1]]  # 5: left finger + target, 6: right finger + target
-                contact[i, 0] = (code == 5).any()
-                contact[i, 1] = (code == 6).any()
+                finger_contacts(d.contact.geom, role, contact[i])
+        names = self.task.tracked_bodies
         self.state = BatchState(
             q=qpos[:, ids.arm_qpos],
             dq=qvel[:, ids.arm_dof],
             fingers=qpos[:, ids.finger_qpos],
             tcp_pos=tcp,
             tcp_quat=xquat[:, -1],
-            body_pos={b: xpos[:, k] for k, b in enumerate(self.task.tracked_bodies)},
-            body_quat={b: xquat[:, k] for k, b in enumerate(self.task.tracked_bodies)},
+            body_pos={b: xpos[:, k] for k, b in enumerate(names)},
+            body_quat={b: xquat[:, k] for k, b in enumerate(names)},
             grasp_contact=contact,
         )
 

@@ -83,17 +83,17 @@ class Lift(Task):
     def evaluate(self, s: BatchState) -> TaskEval:
         o = self.options
         cube = s.body_pos["cube"]
-        dist = np.linalg.norm(s.tcp_pos - cube, axis=1)
+        diff = s.tcp_pos - cube
+        dist = np.sqrt((diff * diff).sum(axis=1))
         grasped = s.grasped
         height = cube[:, 2] - o.cube_half_size
         success = height > o.lift_height
-        reached = dist < 0.02
-        stage = np.where(grasped, 2, np.where(reached, 1, 0))
+        stage = np.where(grasped, 2, dist < 0.02)  # reach -> grasp (TCP at the cube) -> lift (held)
         terms = {
             "reach": 1.0 - np.tanh(10.0 * dist),  # approach the cube
-            "grasp": grasped.astype(float),  # both fingers on the cube
+            "grasp": grasped * 1.0,  # both fingers on the cube
             "lift": grasped * np.clip(height / o.lift_height, 0.0, 1.0),  # raise it while holding it
-            "success": success.astype(float),
+            "success": success * 1.0,
         }
         return TaskEval(stage=stage, success=success, terms=terms)
 
