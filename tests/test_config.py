@@ -142,7 +142,7 @@ def test_preset_then_overrides_deep_merge(tmp_path):
     preset = write(
         tmp_path,
         "task: peg_insert\nnum_envs: 4\nrandomization:\n  physics:\n    mass_scale: [0.9, 1.1]\n"
-        "task_options:\n  clearance: 0.001\n  depth: 0.03\n",
+        "task_options:\n  clearance: 0.001\n  hole_depth: 0.03\n",
     )
     cfg = load_config(
         EnvConfig,
@@ -150,7 +150,7 @@ def test_preset_then_overrides_deep_merge(tmp_path):
         ["num_envs=2", "task_options.clearance=0.002", "randomization.physics.friction_scale=[0.5,1]"],
     )
     assert cfg.task == "peg_insert" and cfg.num_envs == 2
-    assert cfg.task_options == {"clearance": 0.002, "depth": 0.03}
+    assert cfg.task_options == {"clearance": 0.002, "hole_depth": 0.03}
     assert cfg.randomization.physics.mass_scale == (0.9, 1.1)
     assert cfg.randomization.physics.friction_scale == (0.5, 1.0)
 

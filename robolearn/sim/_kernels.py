@@ -37,6 +37,10 @@ def _chol_solve6(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x
 
 
+# near-zero damping of the null-space projection: (I - J^T (J J^T + eps I)^-1 J) z
+PROJECTION_EPS = 1e-6
+
+
 @numba.njit(cache=True, nogil=True)
 def ee_delta_to_ctrl(jac: np.ndarray, dofs: np.ndarray, q: np.ndarray, action: np.ndarray, scale: np.ndarray,
                      home: np.ndarray, nullspace_gain: float, damping2: float, max_step: np.ndarray,
@@ -44,33 +48,44 @@ def ee_delta_to_ctrl(jac: np.ndarray, dofs: np.ndarray, q: np.ndarray, action: n
     """Damped-least-squares IK with a null-space pull toward `home`, for every env.
 
     jac (N, 6, nv) TCP Jacobians; q (N, 7); action (N, 7) ee-delta in [-1, 1]; out (N, 9) actuator
-    targets: 7 joints then the two fingers. Per env:
-        z = k (home - q);  (J J^T + l^2 I) y = twist - J z;  dq = z + J^T y
-    i.e. dq = J+ twist + (I - J+ J) z with J+ = J^T (J J^T + l^2 I)^-1. The whole step is scaled
-    down when a joint would exceed its velocity limit (clipping joints one by one would bend a
+    targets: 7 joints then the two fingers. Per env, with A = J J^T and z = k (home - q):
+        dq = J^T (A + l^2 I)^-1 twist  +  z - J^T (A + eps I)^-1 J z
+    The damped inverse serves the commanded twist (robust near singularities); the pull toward home
+    is projected with an (almost) exact pseudo-inverse, because a damped projector leaks part of the
+    pull into the end effector: a zero action would drift ~1 cm in five steps. The whole step is
+    scaled down when a joint would exceed its velocity limit (clipping joints one by one would bend a
     straight-line command), then clipped to the joint limits."""
     n_env = q.shape[0]
     a = np.empty((6, 6))
+    a_t = np.empty((6, 6))
     r = np.empty(6)
+    jz = np.empty(6)
+    z = np.empty(7)
     dq = np.empty(7)
     for e in range(n_env):
+        for k in range(7):
+            z[k] = nullspace_gain * (home[k] - q[e, k])
         for i in range(6):
-            s = action[e, i] * scale[i]
+            r[i] = action[e, i] * scale[i]
+            t = 0.0
             for k in range(7):
-                s -= jac[e, i, dofs[k]] * nullspace_gain * (home[k] - q[e, k])
-            r[i] = s
+                t += jac[e, i, dofs[k]] * z[k]
+            jz[i] = t
             for j in range(6):
                 t = 0.0
                 for k in range(7):
                     t += jac[e, i, dofs[k]] * jac[e, j, dofs[k]]
                 a[i, j] = t
-            a[i, i] += damping2
-        y = _chol_solve6(a, r)
+                a_t[i, j] = t
+            a[i, i] += PROJECTION_EPS
+            a_t[i, i] += damping2
+        y_t = _chol_solve6(a_t, r)
+        y_z = _chol_solve6(a, jz)
         shrink = 1.0
         for k in range(7):
-            t = nullspace_gain * (home[k] - q[e, k])
+            t = z[k]
             for i in range(6):
-                t += jac[e, i, dofs[k]] * y[i]
+                t += jac[e, i, dofs[k]] * (y_t[i] - y_z[i])
             dq[k] = t
             if abs(t) * shrink > max_step[k]:
                 shrink = max_step[k] / abs(t)

@@ -359,3 +359,17 @@ def test_robot_model_matches_hardware_file():
     np.testing.assert_allclose(env.state.q[0], robot.home, atol=1e-6)
     np.testing.assert_allclose(env.state.gripper_width, [robot.gripper_width_max], atol=1e-6)
     env.close()
+
+
+def test_zero_ee_delta_action_holds_the_tcp_still():
+    """The null-space pull toward home must not leak into the end effector: 'no action' = stay put."""
+    env = make_env("lift", num_envs=8, seed=3)
+    env.reset()
+    p0 = env.state.tcp_pos.copy()
+    action = np.zeros((8, 7))
+    action[:, 6] = -1.0
+    for _ in range(10):
+        env.step(action)
+    drift = np.linalg.norm(env.state.tcp_pos - p0, axis=1)
+    assert drift.max() < 0.002, f"TCP drifted {drift.round(4).tolist()} m under zero actions"
+    env.close()
