@@ -108,3 +108,28 @@ def finger_contacts(geom_pairs: np.ndarray, role: np.ndarray, out: np.ndarray) -
             out[0] = True
         elif code == 6:
             out[1] = True
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_state(qpos_views, qvel_views, xpos_views, xquat_views, site_views, arm_qpos: np.ndarray,
+                 arm_dof: np.ndarray, finger_qpos: np.ndarray, bodies: np.ndarray, tcp_site: int,
+                 q: np.ndarray, dq: np.ndarray, fingers: np.ndarray, xpos: np.ndarray, xquat: np.ndarray,
+                 tcp: np.ndarray) -> None:
+    """Copy every env's arm state, tracked body poses and TCP position out of its MjData buffers.
+
+    *_views are typed lists of each MjData's own arrays (views made once; MjData never moves them);
+    outputs are batch arrays: q, dq (N, 7), fingers (N, 2), xpos (N, B, 3), xquat (N, B, 4), tcp (N, 3)."""
+    for e in range(len(qpos_views)):
+        qp, qv, xp, xq, st = qpos_views[e], qvel_views[e], xpos_views[e], xquat_views[e], site_views[e]
+        for k in range(arm_qpos.shape[0]):
+            q[e, k] = qp[arm_qpos[k]]
+            dq[e, k] = qv[arm_dof[k]]
+        for k in range(finger_qpos.shape[0]):
+            fingers[e, k] = qp[finger_qpos[k]]
+        for b in range(bodies.shape[0]):
+            for c in range(3):
+                xpos[e, b, c] = xp[bodies[b], c]
+            for c in range(4):
+                xquat[e, b, c] = xq[bodies[b], c]
+        for c in range(3):
+            tcp[e, c] = st[tcp_site, c]

@@ -90,6 +90,7 @@ class Task(ABC):
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = parse_options(self.Options, options or {}, self.name)
+        self._weights = np.fromiter(self.reward_weights.values(), float)
 
     # ---- scene -------------------------------------------------------------------------------
     @abstractmethod
@@ -125,8 +126,7 @@ class Task(ABC):
 
     def reward(self, ev: TaskEval) -> np.ndarray:
         """(N,) weighted sum of the named dense terms."""
-        weights = np.fromiter(self.reward_weights.values(), float)
-        return weights @ np.array([ev.terms[name] for name in self.reward_weights], dtype=float)
+        return self._weights @ np.array([ev.terms[name] for name in self.reward_weights], dtype=float)
 
     # ---- expert ------------------------------------------------------------------------------
     @abstractmethod

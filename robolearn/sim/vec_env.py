@@ -24,13 +24,14 @@ from pathlib import Path
 
 import gymnasium as gym
 import mujoco
+import numba
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from robolearn.errors import ActionError, ConfigError
 from robolearn.hardware import load_robot
-from robolearn.sim._kernels import finger_contacts
+from robolearn.sim._kernels import finger_contacts, gather_state
 from robolearn.sim.config import EnvConfig
 from robolearn.sim.controller import ArmController
 from robolearn.sim.randomization import DomainRandomizer
@@ -99,7 +100,9 @@ class VecEnv(gym.vector.VectorEnv):
         # one shared model unless randomization changes it per env
         self.models = [copy(m) if self.randomizer.needs_model_copies else m for _ in range(n)]
         self.datas = [mujoco.MjData(mi) for mi in self.models]
-        self._views = [(d, d.qpos, d.qvel, d.xpos, d.xquat, d.site_xpos) for d in self.datas]
+        # views into each MjData's buffers stay valid for its lifetime: made once, read every step
+        self._views = tuple(numba.typed.List([getattr(d, f) for d in self.datas])
+                            for f in ("qpos", "qvel", "xpos", "xquat", "site_xpos"))
         self._role = self._geom_roles()
 
         self.controller = ArmController(self.robot, self.ids, m.nv, cfg.action_mode, cfg.max_dpos,
@@ -116,9 +119,10 @@ class VecEnv(gym.vector.VectorEnv):
 
         self._pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
         self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
-        self._gather_bodies = np.append(self._tracked, self.ids.ee_body)
+        self._gather_bodies = np.append(self._tracked, self.ids.ee_body).astype(np.int64)
         self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
         self.elapsed = np.zeros(n, np.int64)
+        self._stage_names = np.array(task.stages, dtype=object)
         self._latency = np.zeros(n, np.int64)
         self._act_hist = np.zeros((n, self.randomizer.max_latency + 1, self.single_action_space.shape[0]))
         self._rngs: list[np.random.Generator] = []
@@ -249,31 +253,19 @@ class VecEnv(gym.vector.VectorEnv):
     # ---- state, observations, infos ----------------------------------------------------------
     def _gather(self) -> None:
         """Copy what the task and observations need out of every MjData into fresh batch arrays."""
-        ids, role, n = self.ids, self._role, self.num_envs
-        bodies, tcp_site = self._gather_bodies, ids.tcp_site
-        qpos = np.empty((n, self.nominal.nq))
-        qvel = np.empty((n, self.nominal.nv))
-        xpos = np.empty((n, len(bodies), 3))
-        xquat = np.empty((n, len(bodies), 4))
-        tcp = np.empty((n, 3))
+        ids, n, nb = self.ids, self.num_envs, len(self._gather_bodies)
+        q, dq, fingers = np.empty((n, 7)), np.empty((n, 7)), np.empty((n, 2))
+        xpos, xquat, tcp = np.empty((n, nb, 3)), np.empty((n, nb, 4)), np.empty((n, 3))
+        gather_state(*self._views, ids.arm_qpos, ids.arm_dof, ids.finger_qpos, self._gather_bodies, ids.tcp_site,
+                     q, dq, fingers, xpos, xquat, tcp)
         contact = np.zeros((n, 2), bool)
-        want_contact = bool(self.task.grasp_geoms)
-        # views into each MjData's buffers stay valid for its lifetime: fetch them once (see __init__)
-        for i, (d, d_qpos, d_qvel, d_xpos, d_xquat, d_site) in enumerate(self._views):
-            qpos[i] = d_qpos
-            qvel[i] = d_qvel
-            xpos[i] = d_xpos[bodies]
-            xquat[i] = d_xquat[bodies]
-            tcp[i] = d_site[tcp_site]
-            if want_contact and d.ncon:
-                finger_contacts(d.contact.geom, role, contact[i])
+        if self.task.grasp_geoms:
+            for i, d in enumerate(self.datas):
+                if d.ncon:
+                    finger_contacts(d.contact.geom, self._role, contact[i])
         names = self.task.tracked_bodies
         self.state = BatchState(
-            q=qpos[:, ids.arm_qpos],
-            dq=qvel[:, ids.arm_dof],
-            fingers=qpos[:, ids.finger_qpos],
-            tcp_pos=tcp,
-            tcp_quat=xquat[:, -1],
+            q=q, dq=dq, fingers=fingers, tcp_pos=tcp, tcp_quat=xquat[:, -1],
             body_pos={b: xpos[:, k] for k, b in enumerate(names)},
             body_quat={b: xquat[:, k] for k, b in enumerate(names)},
             grasp_contact=contact,
@@ -323,12 +315,12 @@ class VecEnv(gym.vector.VectorEnv):
         return out
 
     def _infos(self, ev) -> dict:
-        stages = np.array(self.task.stages, dtype=object)
+        # every array here is fresh each step (the task builds new ones), so nothing needs copying
         return {
-            "success": ev.success.copy(),
-            "stage": ev.stage.copy(),
-            "stage_name": stages[ev.stage],
-            "reward_terms": {k: np.asarray(v, np.float32) for k, v in ev.terms.items()},
+            "success": ev.success,
+            "stage": ev.stage,
+            "stage_name": self._stage_names[ev.stage],
+            "reward_terms": ev.terms,
             "elapsed_steps": self.elapsed.copy(),
         }
 
