@@ -1,7 +1,8 @@
 """Simulation throughput benchmark: native `lift` against robosuite `Lift`, its own physics, threads
 and a camera, all in one run at the same control and physics rates.
 
-Four ratios (each a ratio of medians over `repeats` interleaved runs; higher is better):
+Four ratios (each the median over `repeats` of a ratio of two runs timed in the same repeat; higher
+is better):
 
   vs_robosuite        native lift steps/s (1 env, 1 thread, no camera) / robosuite Lift steps/s
   vs_physics_ceiling  native lift steps/s / 1 / (substeps x raw mj_step time), the raw time measured
@@ -85,7 +86,7 @@ class BenchConfig:
     """control steps per timed VecEnv run; each counts num_envs_threaded env-steps"""
     warmup_steps: int = 10
     """untimed control steps after each reset, before the clock starts"""
-    repeats: int = 5
+    repeats: int = 9
     """timed runs per contender, interleaved across contenders; figures are medians over them"""
     num_envs_threaded: int = 16
     """envs in the VecEnv that thread_scaling times with 1 and with 2 threads"""
@@ -352,18 +353,19 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
         return timed
 
+    # each ratio's two contenders run back to back, so that they see the same machine speed
     units: list[tuple[str, Callable[[], dict[str, float]]]] = [
         ("native + physics ceiling", with_ceiling("native", native, single))
     ]
-    if rs is not None:
-        units.append(("robosuite", lambda: {"robosuite": _time_robosuite(rs, base[: w + cfg.steps], w)}))
-    units.append(("vec 1 thread + physics ceiling", with_ceiling("vec_1_thread", vec[1], batch)))
-    units.append(("vec 2 threads", lambda: {"vec_2_threads": _time_native(vec[2], batch, w, cfg.seed)}))
     if native_cam is not None:
         units.append(("native camera", lambda: {"native_camera": _time_native(native_cam, single_cam, w, cfg.seed)}))
+    if rs is not None:
+        units.append(("robosuite", lambda: {"robosuite": _time_robosuite(rs, base[: w + cfg.steps], w)}))
     if rs_cam is not None:
         units.append(("robosuite camera",
                       lambda: {"robosuite_camera": _time_robosuite(rs_cam, base[: w + cfg.camera_steps], w)}))
+    units.append(("vec 1 thread + physics ceiling", with_ceiling("vec_1_thread", vec[1], batch)))
+    units.append(("vec 2 threads", lambda: {"vec_2_threads": _time_native(vec[2], batch, w, cfg.seed)}))
 
     samples: dict[str, list[float]] = {}
     try:
@@ -383,10 +385,19 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     sps = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
            for k in CONTENDER_DOC if (v := samples.get(k))}
 
+    def paired(num: str, den: str) -> list[float] | None:
+        """Per-repeat ratios: both runs of a pair were timed in the same repeat, seconds apart, so a
+        machine that speeds up or slows down between repeats (these VMs do, by 30%) cancels out."""
+        if num not in samples or den not in samples:
+            return None
+        return [a / b for a, b in zip(samples[num], samples[den], strict=True)]
+
     def ratio(num: str, den: str) -> float | None:
-        return sps[num]["median"] / sps[den]["median"] if num in sps and den in sps else None
+        pairs = paired(num, den)
+        return None if pairs is None else statistics.median(pairs)
 
     ratios = {key: ratio(num, den) for key, (num, den, _) in RATIO_DOC.items()}
+    ratio_samples = {key: paired(num, den) for key, (num, den, _) in {**RATIO_DOC, **CONTEXT_DOC}.items()}
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = {
         "format_version": FORMAT_VERSION,
@@ -394,6 +405,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "targets": TARGETS,
         "passed": {k: (None if v is None else bool(v >= TARGETS[k])) for k, v in ratios.items()},
         **{key: ratio(num, den) for key, (num, den, _) in CONTEXT_DOC.items()},
+        "ratio_samples": ratio_samples,
         "steps_per_second": sps,
         "replay_max_qpos_error": replay_error,
         "config": asdict(cfg),
@@ -422,7 +434,7 @@ def format_report(report: dict[str, Any]) -> str:
     ratio_rows = [(f"{k:<22} {doc}", report[k], report["targets"][k]) for k, (_, _, doc) in RATIO_DOC.items()]
     ratio_rows += [(f"{k:<22} {doc}", report[k], None) for k, (_, _, doc) in CONTEXT_DOC.items() if report[k]]
     width = max(len(label) for label, _, _ in ratio_rows)
-    lines += ["", f"{'ratio of medians':<{width}} {'value':>7} {'target':>8}  result"]
+    lines += ["", f"{'median paired ratio':<{width}} {'value':>7} {'target':>8}  result"]
     for label, value, target in ratio_rows:
         shown = "-" if value is None else f"{value:.2f}"
         if target is None:

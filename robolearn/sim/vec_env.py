@@ -117,7 +117,7 @@ class VecEnv(gym.vector.VectorEnv):
         self.single_observation_space = self._observation_space()
         self.observation_space = batch_space(self.single_observation_space, n)
 
-        self._pool = ThreadPoolExecutor(cfg.num_threads) if cfg.num_threads > 1 else None
+        self._pool = ThreadPoolExecutor(cfg.num_threads - 1) if cfg.num_threads > 1 else None
         self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
         self._gather_bodies = np.append(self._tracked, self.ids.ee_body).astype(np.int64)
         self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
@@ -224,11 +224,11 @@ class VecEnv(gym.vector.VectorEnv):
         ctrl = self.controller.compute(self.models, self.datas, self.state.q, a)
         for d, c in zip(self.datas, ctrl):
             d.ctrl[self._act_ids] = c
-        if self._pool is None:
-            self._physics(self._chunks[0])
-        else:
-            for f in [self._pool.submit(self._physics, c) for c in self._chunks]:
-                f.result()
+        # the calling thread steps the first chunk itself while the pool steps the others
+        futures = [self._pool.submit(self._physics, c) for c in self._chunks[1:]] if self._pool else ()
+        self._physics(self._chunks[0])
+        for f in futures:
+            f.result()
         self.elapsed += 1
         self._gather()
         ev = self.task.evaluate(self.state)

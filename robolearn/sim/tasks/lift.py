@@ -92,7 +92,7 @@ class Lift(Task):
         terms = {
             "reach": 1.0 - np.tanh(10.0 * dist),  # approach the cube
             "grasp": grasped * 1.0,  # both fingers on the cube
-            "lift": grasped * np.clip(height / o.lift_height, 0.0, 1.0),  # raise it while holding it
+            "lift": grasped * np.minimum(np.maximum(height / o.lift_height, 0.0), 1.0),  # raise it while holding it
             "success": success * 1.0,
         }
         return TaskEval(stage=stage, success=success, terms=terms)
