@@ -97,30 +97,26 @@ def ee_delta_to_ctrl(jac: np.ndarray, dofs: np.ndarray, q: np.ndarray, action: n
 
 
 @numba.njit(cache=True, nogil=True)
-def finger_contacts(geom_pairs: np.ndarray, role: np.ndarray, out: np.ndarray) -> None:
-    """out[0] / out[1]: the left / right finger touches a grasp target, from (ncon, 2) contact geom
-    pairs and per-geom role bits (1 left finger, 2 right finger, 4 grasp target)."""
-    out[0] = False
-    out[1] = False
-    for c in range(geom_pairs.shape[0]):
-        code = role[geom_pairs[c, 0]] | role[geom_pairs[c, 1]]
-        if code == 5:
-            out[0] = True
-        elif code == 6:
-            out[1] = True
-
-
-@numba.njit(cache=True, nogil=True)
-def gather_state(qpos_views, qvel_views, xpos_views, xquat_views, site_views, arm_qpos: np.ndarray,
+def gather_state(qpos_views, qvel_views, xpos_views, xquat_views, site_views, sensor_views, arm_qpos: np.ndarray,
                  arm_dof: np.ndarray, finger_qpos: np.ndarray, bodies: np.ndarray, tcp_site: int,
-                 q: np.ndarray, dq: np.ndarray, fingers: np.ndarray, xpos: np.ndarray, xquat: np.ndarray,
-                 tcp: np.ndarray) -> None:
+                 grasp_adr: np.ndarray, q: np.ndarray, dq: np.ndarray, fingers: np.ndarray, xpos: np.ndarray,
+                 xquat: np.ndarray, tcp: np.ndarray, proprio: np.ndarray, contact: np.ndarray) -> None:
     """Copy every env's arm state, tracked body poses and TCP position out of its MjData buffers.
 
     *_views are typed lists of each MjData's own arrays (views made once; MjData never moves them);
-    outputs are batch arrays: q, dq (N, 7), fingers (N, 2), xpos (N, B, 3), xquat (N, B, 4), tcp (N, 3)."""
+    outputs are batch arrays: q, dq (N, 7), fingers (N, 2), xpos (N, B, 3), xquat (N, B, 4), tcp (N, 3),
+    and proprio (N, 23) float32 = observation.state: q, dq, TCP position, TCP quaternion (the last
+    gathered body, the end effector), fingers; contact (N, 2): the left / right finger touches any grasp
+    geom, from the contact-sensor counts at grasp_adr (2, G) in sensordata."""
     for e in range(len(qpos_views)):
         qp, qv, xp, xq, st = qpos_views[e], qvel_views[e], xpos_views[e], xquat_views[e], site_views[e]
+        sd = sensor_views[e]
+        for side in range(2):
+            touching = False
+            for g in range(grasp_adr.shape[1]):
+                if sd[grasp_adr[side, g]] > 0:
+                    touching = True
+            contact[e, side] = touching
         for k in range(arm_qpos.shape[0]):
             q[e, k] = qp[arm_qpos[k]]
             dq[e, k] = qv[arm_dof[k]]
@@ -133,3 +129,12 @@ def gather_state(qpos_views, qvel_views, xpos_views, xquat_views, site_views, ar
                 xquat[e, b, c] = xq[bodies[b], c]
         for c in range(3):
             tcp[e, c] = st[tcp_site, c]
+        for k in range(7):
+            proprio[e, k] = q[e, k]
+            proprio[e, 7 + k] = dq[e, k]
+        for c in range(3):
+            proprio[e, 14 + c] = tcp[e, c]
+        for c in range(4):
+            proprio[e, 17 + c] = xquat[e, bodies.shape[0] - 1, c]
+        for k in range(2):
+            proprio[e, 21 + k] = fingers[e, k]

@@ -64,7 +64,6 @@ class RobotIds:
     finger_act: np.ndarray  # (2,)
     tcp_site: int
     ee_body: int
-    finger_geoms: np.ndarray  # collision geoms of the fingers (pads and meshes)
 
 
 def _panda_spec() -> mujoco.MjSpec:
@@ -208,10 +207,6 @@ def robot_ids(model: mujoco.MjModel, robot: RobotSpec) -> RobotIds:
     arm_j = [jid(n) for n in robot.joint_names]
     fin_j = [jid(n) for n in robot.gripper_joint_names]
     act = lambda n: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, f"{n}_pos")  # noqa: E731
-    finger_geoms = [
-        g for g in range(model.ngeom)
-        if "finger" in (model.geom(g).name or "") and model.geom_contype[g] != 0
-    ]
     return RobotIds(
         arm_qpos=model.jnt_qposadr[arm_j].copy(),
         arm_dof=model.jnt_dofadr[arm_j].copy(),
@@ -221,5 +216,4 @@ def robot_ids(model: mujoco.MjModel, robot: RobotSpec) -> RobotIds:
         finger_act=np.array([act(n) for n in robot.gripper_joint_names]),
         tcp_site=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, TCP_SITE),
         ee_body=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, EE_BODY),
-        finger_geoms=np.array(finger_geoms),
     )

@@ -31,12 +31,12 @@ from gymnasium.vector.utils import batch_space
 
 from robolearn.errors import ActionError, ConfigError
 from robolearn.hardware import load_robot
-from robolearn.sim._kernels import finger_contacts, gather_state
+from robolearn.sim._kernels import gather_state
 from robolearn.sim.config import EnvConfig
 from robolearn.sim.controller import ArmController
 from robolearn.sim.randomization import DomainRandomizer
 from robolearn.sim.render import CameraRenderer, depth_to_points, make_pointcloud
-from robolearn.sim.robot import attach_panda, robot_ids
+from robolearn.sim.robot import PREFIX, attach_panda, robot_ids
 from robolearn.sim.task import BatchState, Task
 
 SIM_ASSETS = Path(__file__).resolve().parents[2] / "sim_assets"
@@ -64,12 +64,31 @@ def check_action(actions, num_envs: int, dim: int, mode: str) -> np.ndarray:
     return a
 
 
+FINGER_BODIES = (PREFIX + "leftfinger", PREFIX + "rightfinger")
+
+
+def grasp_sensor_name(side: int, geom: str) -> str:
+    return f"grasp_{('left', 'right')[side]}__{geom}"
+
+
 def build_model(task: Task, robot, physics_hz: float) -> mujoco.MjModel:
-    """Tabletop scene + the task's objects + the Panda, compiled."""
+    """Tabletop scene + the task's objects + the Panda, compiled.
+
+    For every grasp geom of the task, two MuJoCo contact sensors count contacts between it and each
+    finger (pad and mesh: the finger body's subtree). They land in sensordata, which the gather
+    kernel reads; parsing d.contact in Python every step cost more than the whole task judgement."""
     spec = mujoco.MjSpec.from_file(str(SIM_ASSETS / "scenes" / "tabletop.xml"))
     spec.option.timestep = 1.0 / physics_hz
     task.build(spec)
     attach_panda(spec, robot)
+    for geom in task.grasp_geoms:
+        if spec.geom(geom) is None:
+            raise ConfigError(f"task {task.name!r} names grasp geom {geom!r}, which its scene lacks")
+        for side, finger in enumerate(FINGER_BODIES):
+            spec.add_sensor(name=grasp_sensor_name(side, geom), type=mujoco.mjtSensor.mjSENS_CONTACT,
+                            objtype=mujoco.mjtObj.mjOBJ_XBODY, objname=finger,  # the finger's subtree
+                            reftype=mujoco.mjtObj.mjOBJ_GEOM, refname=geom,
+                            intprm=[1, 0, 1])  # data="found" (count), no reduction, num=1
     return spec.compile()
 
 
@@ -102,8 +121,11 @@ class VecEnv(gym.vector.VectorEnv):
         self.datas = [mujoco.MjData(mi) for mi in self.models]
         # views into each MjData's buffers stay valid for its lifetime: made once, read every step
         self._views = tuple(numba.typed.List([getattr(d, f) for d in self.datas])
-                            for f in ("qpos", "qvel", "xpos", "xquat", "site_xpos"))
-        self._role = self._geom_roles()
+                            for f in ("qpos", "qvel", "xpos", "xquat", "site_xpos", "sensordata"))
+        sensor_adr = lambda name: m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, name)]  # noqa: E731
+        # (2, G) sensordata addresses of the finger/grasp-geom contact counts (G = 0: no grasp target)
+        self._grasp_adr = np.array([[sensor_adr(grasp_sensor_name(side, g)) for g in task.grasp_geoms]
+                                    for side in range(2)], dtype=np.int64).reshape(2, len(task.grasp_geoms))
 
         self.controller = ArmController(self.robot, self.ids, m.nv, cfg.action_mode, cfg.max_dpos,
                                         cfg.max_drot, 1.0 / cfg.control_hz)
@@ -147,20 +169,6 @@ class VecEnv(gym.vector.VectorEnv):
             n_pts = self.cfg.pointcloud.num_points
             spaces["observation.pointcloud"] = gym.spaces.Box(-inf, inf, (n_pts, 6), np.float32)
         return gym.spaces.Dict(spaces)
-
-    def _geom_roles(self) -> np.ndarray:
-        """Per-geom bit flags: 1 left finger, 2 right finger, 4 grasp target (for contact checks)."""
-        m = self.nominal
-        role = np.zeros(m.ngeom, np.int64)
-        for g in self.ids.finger_geoms:
-            name = m.geom(g).name
-            role[g] = 1 if ("finger1" in name or "joint1_tip" in name) else 2
-        for name in self.task.grasp_geoms:
-            gid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, name)
-            if gid < 0:
-                raise ConfigError(f"task {self.task.name!r} names grasp geom {name!r}, which its scene lacks")
-            role[gid] = 4
-        return role
 
     # ---- seeding and reset -------------------------------------------------------------------
     def _seed(self, seed: int) -> None:
@@ -256,13 +264,10 @@ class VecEnv(gym.vector.VectorEnv):
         ids, n, nb = self.ids, self.num_envs, len(self._gather_bodies)
         q, dq, fingers = np.empty((n, 7)), np.empty((n, 7)), np.empty((n, 2))
         xpos, xquat, tcp = np.empty((n, nb, 3)), np.empty((n, nb, 4)), np.empty((n, 3))
+        self._proprio = np.empty((n, len(STATE_NAMES)), np.float32)
+        contact = np.empty((n, 2), bool)
         gather_state(*self._views, ids.arm_qpos, ids.arm_dof, ids.finger_qpos, self._gather_bodies, ids.tcp_site,
-                     q, dq, fingers, xpos, xquat, tcp)
-        contact = np.zeros((n, 2), bool)
-        if self.task.grasp_geoms:
-            for i, d in enumerate(self.datas):
-                if d.ncon:
-                    finger_contacts(d.contact.geom, self._role, contact[i])
+                     self._grasp_adr, q, dq, fingers, xpos, xquat, tcp, self._proprio, contact)
         names = self.task.tracked_bodies
         self.state = BatchState(
             q=q, dq=dq, fingers=fingers, tcp_pos=tcp, tcp_quat=xquat[:, -1],
@@ -273,11 +278,11 @@ class VecEnv(gym.vector.VectorEnv):
 
     def _observe(self) -> dict[str, np.ndarray]:
         s = self.state
-        proprio = np.concatenate([s.q, s.dq, s.tcp_pos, s.tcp_quat, s.fingers], axis=1)
+        proprio = self._proprio  # q, dq, tcp pos, tcp quat, fingers: filled by the gather kernel
         if self.randomizer.cfg.physics.observation_noise_std:
             proprio = np.stack([self.randomizer.noise(p, r) for p, r in zip(proprio, self._rngs)])
         obs = {
-            "observation.state": proprio.astype(np.float32),
+            "observation.state": proprio.astype(np.float32, copy=False),
             "observation.environment_state": self.task.environment_state(s).astype(np.float32),
         }
         if self.renderer is not None:
