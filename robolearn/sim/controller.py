@@ -64,9 +64,10 @@ class ArmController:
         n = len(datas)
         if self._jac.shape[0] != n:
             self._jac = np.zeros((n, 6, self.nv))
+            self._jac_rows = [(self._jac[i, :3], self._jac[i, 3:]) for i in range(n)]
         site = self.ids.tcp_site
-        for i, (m, d) in enumerate(zip(models, datas)):
-            mujoco.mj_jacSite(m, d, self._jac[i, :3], self._jac[i, 3:], site)
+        for m, d, (jacp, jacr) in zip(models, datas, self._jac_rows):
+            mujoco.mj_jacSite(m, d, jacp, jacr, site)
         return self._jac
 
     def _ik_ctrl(self, models, datas, q: np.ndarray, action: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ class BatchState:
     @property
     def grasped(self) -> np.ndarray:
         """(N,) bool: both fingers touch the grasp target."""
-        return self.grasp_contact.all(axis=1)
+        return self.grasp_contact[:, 0] & self.grasp_contact[:, 1]
 
 
 @dataclass

@@ -241,8 +241,9 @@ class VecEnv(gym.vector.VectorEnv):
         self._gather()
         ev = self.task.evaluate(self.state)
         reward = self.task.reward(ev)
-        terminated = ev.success & self.cfg.terminate_on_success
-        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        terminated = ev.success.copy() if self.cfg.terminate_on_success else np.zeros(self.num_envs, bool)
+        truncated = self.elapsed >= self.max_episode_steps
+        truncated[terminated] = False
         done = terminated | truncated
         infos = self._infos(ev)
         if done.any():
