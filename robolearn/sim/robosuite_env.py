@@ -38,7 +38,7 @@ from gymnasium.vector.utils import batch_space
 from robolearn.errors import ConfigError, UnknownNameError, did_you_mean
 from robolearn.sim.config import EnvConfig, PointCloudConfig, RandomizationConfig
 from robolearn.sim.registry import ROBOSUITE_PREFIX
-from robolearn.sim.vec_env import check_action
+from robolearn.sim.vec_env import add_final_infos, check_action, episode_ends
 
 ACTION_DIM = 7
 STAGES = ("task",)
@@ -361,17 +361,12 @@ class RobosuiteVecEnv(gym.vector.VectorEnv):
             self._write(i, raw)
             self._success[i] = bool(env._check_success())
         self.elapsed += 1
-        terminated = self._success & self.cfg.terminate_on_success
-        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
+        terminated, truncated = episode_ends(self._success, self.elapsed, self.max_episode_steps,
+                                             self.cfg.terminate_on_success)
         done = terminated | truncated
         infos = self._infos(reward)
         if done.any():
-            obs_final = self._observe()
-            infos["final_obs"] = np.array([{k: v[i] for k, v in obs_final.items()} if done[i] else None
-                                           for i in range(self.num_envs)], dtype=object)
-            infos["final_info"] = {k: v for k, v in infos.items() if k != "final_obs"}
-            infos["_final_obs"] = done.copy()
-            infos["_final_info"] = done.copy()
+            add_final_infos(infos, self._observe(), done)
             for i in np.flatnonzero(done):
                 self._reset_env(int(i))
         return self._observe(), reward, terminated, truncated, infos

@@ -71,6 +71,25 @@ def grasp_sensor_name(side: int, geom: str) -> str:
     return f"grasp_{('left', 'right')[side]}__{geom}"
 
 
+def episode_ends(success: np.ndarray, elapsed: np.ndarray, max_steps: int,
+                 terminate_on_success: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(terminated, truncated) of a batch: success ends an episode when asked to; the step limit
+    truncates only episodes that did not terminate on the same step."""
+    terminated = success.copy() if terminate_on_success else np.zeros(len(success), bool)
+    truncated = elapsed >= max_steps
+    truncated[terminated] = False
+    return terminated, truncated
+
+
+def add_final_infos(infos: dict, final_obs: dict[str, np.ndarray], done: np.ndarray) -> None:
+    """Gymnasium's same-step auto-reset keys: the finished episodes' last observation and info."""
+    infos["final_obs"] = np.array([{k: v[i] for k, v in final_obs.items()} if done[i] else None
+                                   for i in range(len(done))], dtype=object)
+    infos["final_info"] = {k: v for k, v in infos.items() if k != "final_obs"}
+    infos["_final_obs"] = done.copy()
+    infos["_final_info"] = done.copy()
+
+
 def build_model(task: Task, robot, physics_hz: float) -> mujoco.MjModel:
     """Tabletop scene + the task's objects + the Panda, compiled.
 
@@ -241,18 +260,12 @@ class VecEnv(gym.vector.VectorEnv):
         self._gather()
         ev = self.task.evaluate(self.state)
         reward = self.task.reward(ev)
-        terminated = ev.success.copy() if self.cfg.terminate_on_success else np.zeros(self.num_envs, bool)
-        truncated = self.elapsed >= self.max_episode_steps
-        truncated[terminated] = False
+        terminated, truncated = episode_ends(ev.success, self.elapsed, self.max_episode_steps,
+                                             self.cfg.terminate_on_success)
         done = terminated | truncated
         infos = self._infos(ev)
         if done.any():
-            obs_final = self._observe()
-            infos["final_obs"] = np.array([{k: v[i] for k, v in obs_final.items()} if done[i] else None
-                                           for i in range(self.num_envs)], dtype=object)
-            infos["final_info"] = {k: v for k, v in infos.items() if k != "final_obs"}
-            infos["_final_obs"] = done.copy()
-            infos["_final_info"] = done.copy()
+            add_final_infos(infos, self._observe(), done)
             for i in np.flatnonzero(done):
                 self._reset_env(int(i))
             self._gather()
