@@ -61,12 +61,16 @@ CONTENDER_DOC = {  # contender -> what one timed run is; also the table order
     "vec_1_thread": "VecEnv {n} envs, 1 thread (env-steps/s)",
     "vec_physics_ceiling": "bare mj_step replay of vec_1_thread's controls",
     "vec_2_threads": "VecEnv {n} envs, 2 threads (env-steps/s)",
+    "raw_1_thread": "bare mj_step(m, d, substeps), {n} MjData, 1 thread",
+    "raw_2_threads": "bare mj_step(m, d, substeps), {n} MjData, 2 threads",
     "native_camera": "native lift + {cam} {h}x{w}",
     "robosuite_camera": "robosuite Lift + {rcam} {h}x{w}",
 }
 CONTEXT_DOC = {
     "robosuite_camera_ratio": ("robosuite_camera", "robosuite", "robosuite with camera / without"),
     "vec_vs_physics_ceiling": ("vec_1_thread", "vec_physics_ceiling", "VecEnv 1 thread / bare mj_step replay"),
+    # what this machine's two cores give pure C physics right now: the ceiling of thread_scaling
+    "raw_thread_scaling": ("raw_2_threads", "raw_1_thread", "bare mj_step on 2 threads / 1 (the machine's limit)"),
 }
 """figures reported for context, with no target"""
 CEILING_OF = {"native": "physics_ceiling", "vec_1_thread": "vec_physics_ceiling"}
@@ -208,6 +212,38 @@ def _time_native(env, actions: np.ndarray, warmup: int, seed: int, record: bool 
             ctrls[k, i] = d.ctrl  # a 9-float copy per env, ~1 us against ~1 ms of physics
     dt = time.perf_counter() - t0
     return len(timed) * env.num_envs / dt, starts, ctrls
+
+
+def _time_raw_threads(env, steps: int, substeps: int, threads: int) -> float:
+    """Env-steps/s of bare `mj_step(m, d, substeps)` calls on copies of the env's MjData, split over
+    `threads` Python threads with no synchronisation: what the cores give physics alone."""
+    import threading
+
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    pairs = []
+    for m, d in zip(env.models, env.datas):
+        state = np.zeros(mujoco.mj_stateSize(m, spec))
+        mujoco.mj_getState(m, d, state, spec)
+        m2 = copy.copy(m)
+        d2 = mujoco.MjData(m2)
+        mujoco.mj_setState(m2, d2, state, spec)
+        d2.ctrl[:] = d.ctrl
+        pairs.append((m2, d2))
+
+    def work(chunk) -> None:
+        for _ in range(steps):
+            for m2, d2 in chunk:
+                mujoco.mj_step(m2, d2, substeps)
+
+    workers = [threading.Thread(target=work, args=(pairs[k::threads],)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return steps * len(pairs) / (time.perf_counter() - t0)
 
 
 def _time_replay(env, starts: np.ndarray, ctrls: np.ndarray, substeps: int) -> tuple[float, float]:
@@ -366,6 +402,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                       lambda: {"robosuite_camera": _time_robosuite(rs_cam, base[: w + cfg.camera_steps], w)}))
     units.append(("vec 1 thread + physics ceiling", with_ceiling("vec_1_thread", vec[1], batch)))
     units.append(("vec 2 threads", lambda: {"vec_2_threads": _time_native(vec[2], batch, w, cfg.seed)}))
+    units.append(("bare mj_step, 1 and 2 threads", lambda: {
+        "raw_1_thread": _time_raw_threads(vec[1], cfg.vec_steps, cfg.substeps, 1),
+        "raw_2_threads": _time_raw_threads(vec[1], cfg.vec_steps, cfg.substeps, 2),
+    }))
 
     samples: dict[str, list[float]] = {}
     try:
