@@ -138,3 +138,12 @@ def gather_state(qpos_views, qvel_views, xpos_views, xquat_views, site_views, se
             proprio[e, 17 + c] = xquat[e, bodies.shape[0] - 1, c]
         for k in range(2):
             proprio[e, 21 + k] = fingers[e, k]
+
+
+@numba.njit(cache=True, nogil=True)
+def write_ctrl(ctrl_views, act_ids: np.ndarray, values: np.ndarray) -> None:
+    """ctrl_views[e][act_ids[k]] = values[e, k] for every env (typed list of each MjData's ctrl)."""
+    for e in range(len(ctrl_views)):
+        c = ctrl_views[e]
+        for k in range(act_ids.shape[0]):
+            c[act_ids[k]] = values[e, k]

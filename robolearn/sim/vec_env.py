@@ -18,6 +18,7 @@ Infos: success (N,) bool, stage (N,) int, stage_name (N,) str, reward_terms {nam
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from copy import copy
 from pathlib import Path
@@ -31,7 +32,7 @@ from gymnasium.vector.utils import batch_space
 
 from robolearn.errors import ActionError, ConfigError
 from robolearn.hardware import load_robot
-from robolearn.sim._kernels import gather_state
+from robolearn.sim._kernels import gather_state, write_ctrl
 from robolearn.sim.config import EnvConfig
 from robolearn.sim.controller import ArmController
 from robolearn.sim.randomization import DomainRandomizer
@@ -56,8 +57,12 @@ def check_action(actions, num_envs: int, dim: int, mode: str) -> np.ndarray:
             f"action has shape {np.shape(actions)}, expected ({num_envs}, {dim}) for {num_envs} envs "
             f"in action_mode={mode!r}"
         )
-    if not np.isfinite(a).all():
-        env, col = np.argwhere(~np.isfinite(a))[0]
+    if not math.isfinite(a.sum()):  # one reduction instead of two: finite iff every entry is, or it overflowed
+        bad = np.argwhere(~np.isfinite(a))
+        if len(bad) == 0:
+            raise ActionError(f"action values up to {np.abs(a).max():.3g} are too large to be commands; "
+                              "the simulator state was not changed")
+        env, col = bad[0]
         raise ActionError(
             f"action contains NaN or inf (env {env}, component {col}); the simulator state was not changed"
         )
@@ -141,6 +146,7 @@ class VecEnv(gym.vector.VectorEnv):
         # views into each MjData's buffers stay valid for its lifetime: made once, read every step
         self._views = tuple(numba.typed.List([getattr(d, f) for d in self.datas])
                             for f in ("qpos", "qvel", "xpos", "xquat", "site_xpos", "sensordata"))
+        self._ctrl_views = numba.typed.List([d.ctrl for d in self.datas])
         sensor_adr = lambda name: m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, name)]  # noqa: E731
         # (2, G) sensordata addresses of the finger/grasp-geom contact counts (G = 0: no grasp target)
         self._grasp_adr = np.array([[sensor_adr(grasp_sensor_name(side, g)) for g in task.grasp_geoms]
@@ -161,7 +167,7 @@ class VecEnv(gym.vector.VectorEnv):
         self._pool = ThreadPoolExecutor(cfg.num_threads - 1) if cfg.num_threads > 1 else None
         self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
         self._gather_bodies = np.append(self._tracked, self.ids.ee_body).astype(np.int64)
-        self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act])
+        self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act]).astype(np.int64)
         self.elapsed = np.zeros(n, np.int64)
         self._stage_names = np.array(task.stages, dtype=object)
         self._latency = np.zeros(n, np.int64)
@@ -248,9 +254,7 @@ class VecEnv(gym.vector.VectorEnv):
             self._act_hist = np.roll(self._act_hist, 1, axis=1)
             self._act_hist[:, 0] = a
             a = self._act_hist[np.arange(self.num_envs), self._latency]
-        ctrl = self.controller.compute(self.models, self.datas, self.state.q, a)
-        for d, c in zip(self.datas, ctrl):
-            d.ctrl[self._act_ids] = c
+        write_ctrl(self._ctrl_views, self._act_ids, self.controller.compute(self.models, self.datas, self.state.q, a))
         # the calling thread steps the first chunk itself while the pool steps the others
         futures = [self._pool.submit(self._physics, c) for c in self._chunks[1:]] if self._pool else ()
         self._physics(self._chunks[0])

@@ -84,15 +84,16 @@ class Lift(Task):
         o = self.options
         cube = s.body_pos["cube"]
         diff = s.tcp_pos - cube
-        dist = np.sqrt((diff * diff).sum(axis=1))
+        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         grasped = s.grasped
         height = cube[:, 2] - o.cube_half_size
         success = height > o.lift_height
+        raised = height / o.lift_height  # 1 at the success height
         stage = np.where(grasped, 2, dist < 0.02)  # reach -> grasp (TCP at the cube) -> lift (held)
         terms = {
             "reach": 1.0 - np.tanh(10.0 * dist),  # approach the cube
             "grasp": grasped * 1.0,  # both fingers on the cube
-            "lift": grasped * np.minimum(np.maximum(height / o.lift_height, 0.0), 1.0),  # raise it while holding it
+            "lift": grasped * raised.clip(0.0, 1.0),  # raise it while holding it
             "success": success * 1.0,
         }
         return TaskEval(stage=stage, success=success, terms=terms)
