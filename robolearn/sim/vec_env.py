@@ -18,6 +18,7 @@ Infos: success (N,) bool, stage (N,) int, stage_name (N,) str, reward_terms {nam
 
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from copy import copy
@@ -165,7 +166,9 @@ class VecEnv(gym.vector.VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, n)
 
         self._pool = ThreadPoolExecutor(cfg.num_threads - 1) if cfg.num_threads > 1 else None
-        self._chunks = [c for c in np.array_split(np.arange(n), cfg.num_threads) if len(c)]
+        # ~4 chunks per thread for dynamic load balancing; one chunk when stepping on one thread
+        n_chunks = 1 if cfg.num_threads == 1 else min(n, 4 * cfg.num_threads)
+        self._chunks = [c for c in np.array_split(np.arange(n), n_chunks) if len(c)]
         self._gather_bodies = np.append(self._tracked, self.ids.ee_body).astype(np.int64)
         self._act_ids = np.concatenate([self.ids.arm_act, self.ids.finger_act]).astype(np.int64)
         self.elapsed = np.zeros(n, np.int64)
@@ -236,6 +239,10 @@ class VecEnv(gym.vector.VectorEnv):
         return self.reset(options={"reset_mask": mask})[0]
 
     # ---- stepping ----------------------------------------------------------------------------
+    def _physics_worker(self, chunks: itertools.count) -> None:
+        while (k := next(chunks)) < len(self._chunks):  # next() on a count is atomic under the GIL
+            self._physics(self._chunks[k])
+
     def _physics(self, envs: np.ndarray) -> None:
         models, datas, n = self.models, self.datas, self.substeps
         render = self.renderer is not None
@@ -255,9 +262,13 @@ class VecEnv(gym.vector.VectorEnv):
             self._act_hist[:, 0] = a
             a = self._act_hist[np.arange(self.num_envs), self._latency]
         write_ctrl(self._ctrl_views, self._act_ids, self.controller.compute(self.models, self.datas, self.state.q, a))
-        # the calling thread steps the first chunk itself while the pool steps the others
-        futures = [self._pool.submit(self._physics, c) for c in self._chunks[1:]] if self._pool else ()
-        self._physics(self._chunks[0])
+        # the calling thread and the workers pull chunks from one counter until none are left: a
+        # thread that the OS (or the hypervisor) stalls for a while simply takes fewer chunks, where
+        # a fixed split would hold the whole step at the barrier
+        chunks = itertools.count()
+        futures = [self._pool.submit(self._physics_worker, chunks) for _ in range(self.cfg.num_threads - 1)] \
+            if self._pool else ()
+        self._physics_worker(chunks)
         for f in futures:
             f.result()
         self.elapsed += 1
