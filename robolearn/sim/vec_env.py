@@ -244,16 +244,19 @@ class VecEnv(gym.vector.VectorEnv):
             self._physics(self._chunks[k])
 
     def _physics(self, envs: np.ndarray) -> None:
+        """One control period of every env in `envs`: `substeps` physics steps with the new ctrl.
+
+        Split stepping (step2, then n-1 full steps, then step1) does exactly the work of n mj_step
+        calls, bit for bit, but ends with mj_step1 on the new state: kinematics, Jacobian inputs,
+        contacts and camera poses describe the current qpos with nothing computed twice. It needs
+        mj_step1 to have run on the state before the first step2, which mj_forward at reset does."""
         models, datas, n = self.models, self.datas, self.substeps
-        render = self.renderer is not None
         for i in envs:
             m, d = models[i], datas[i]
-            mujoco.mj_step(m, d, n)
-            # refresh kinematics so that observations, contacts and Jacobians describe the new qpos
-            mujoco.mj_kinematics(m, d)
-            mujoco.mj_comPos(m, d)
-            if render:
-                mujoco.mj_camlight(m, d)
+            mujoco.mj_step2(m, d)  # actuation from the new ctrl, acceleration, integration
+            if n > 1:
+                mujoco.mj_step(m, d, n - 1)
+            mujoco.mj_step1(m, d)
 
     def step(self, actions):
         a = check_action(actions, self.num_envs, self.single_action_space.shape[0], self.cfg.action_mode)
