@@ -182,36 +182,64 @@ def _native_env(cfg: BenchConfig, num_envs: int = 1, num_threads: int = 1, camer
     ))
 
 
-def _time_native(env, actions: np.ndarray, warmup: int, seed: int, record: bool = False):
-    """Env-steps/s of `env.step` over actions[warmup:] (actions (T, N, 7)), after a reset and warm-up.
+def _time_native(env, actions: np.ndarray, warmup: int, seed: int) -> float:
+    """Env-steps/s of `env.step` over actions[warmup:] (actions (T, N, 7)), after a reset and warm-up."""
+    env.reset(seed=seed)
+    for a in actions[:warmup]:
+        env.step(a)
+    timed = actions[warmup:]
+    step = env.step
+    t0 = time.perf_counter()
+    for a in timed:
+        step(a)
+    return len(timed) * env.num_envs / (time.perf_counter() - t0)
 
-    With record=True also returns what a physics replay needs: every env's start state (N, S) and the
-    ctrl vector each env stepped with (T - warmup, N, nu)."""
+
+def _time_with_ceiling(env, actions: np.ndarray, warmup: int, seed: int, substeps: int,
+                       block: int = 30) -> tuple[float, float, float]:
+    """Env-steps/s of `env.step` and of its physics ceiling, measured in alternating blocks.
+
+    For each block of `block` control steps: snapshot every env's state, time the env over the
+    block while recording the ctrl it applied, then time a bare Python loop of single `mj_step` calls
+    that replays those ctrls from the snapshot on a copy of the model. Blocks of ~50 ms keep each
+    comparison within the same machine speed. Returns (env sps, ceiling sps, largest qpos difference
+    between replay and env at a block's end: 0 when the replay redid exactly the env's physics)."""
     import mujoco
 
     env.reset(seed=seed)
     for a in actions[:warmup]:
         env.step(a)
     timed = actions[warmup:]
-    step, datas = env.step, env.datas
-    if not record:
-        t0 = time.perf_counter()
-        for a in timed:
-            step(a)
-        return len(timed) * env.num_envs / (time.perf_counter() - t0)
-    m = env.models[0]
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    starts = np.zeros((env.num_envs, mujoco.mj_stateSize(m, spec)))
-    for i, d in enumerate(datas):
-        mujoco.mj_getState(env.models[i], d, starts[i], spec)
-    ctrls = np.zeros((len(timed), env.num_envs, m.nu))
-    t0 = time.perf_counter()
-    for k, a in enumerate(timed):
-        step(a)
-        for i, d in enumerate(datas):
-            ctrls[k, i] = d.ctrl  # a 9-float copy per env, ~1 us against ~1 ms of physics
-    dt = time.perf_counter() - t0
-    return len(timed) * env.num_envs / dt, starts, ctrls
+    copies = [(copy.copy(m), mujoco.MjData(m)) for m in env.models]
+    state = np.zeros(mujoco.mj_stateSize(env.models[0], spec))
+    ctrls = np.zeros((block, env.num_envs, env.models[0].nu))
+    mj_step, step, datas = mujoco.mj_step, env.step, env.datas
+    t_env = t_raw = error = 0.0
+    for start in range(0, len(timed), block):
+        chunk = timed[start : start + block]
+        starts = []
+        for m, d in zip(env.models, datas):
+            mujoco.mj_getState(m, d, state, spec)
+            starts.append(state.copy())
+        t0 = time.perf_counter()
+        for k, a in enumerate(chunk):
+            step(a)
+            for i, d in enumerate(datas):
+                ctrls[k, i] = d.ctrl  # a 9-float copy per env, ~1 us against ~1 ms of physics
+        t_env += time.perf_counter() - t0
+        for i, (m2, d2) in enumerate(copies):
+            mujoco.mj_setState(m2, d2, starts[i], spec)
+            ctrl = d2.ctrl
+            t0 = time.perf_counter()
+            for c in ctrls[: len(chunk), i]:
+                ctrl[:] = c
+                for _ in range(substeps):
+                    mj_step(m2, d2)
+            t_raw += time.perf_counter() - t0
+            error = max(error, float(np.abs(d2.qpos - datas[i].qpos).max()))
+    n = len(timed) * env.num_envs
+    return n / t_env, n / t_raw, error
 
 
 def _time_raw_threads(env, steps: int, substeps: int, threads: int) -> float:
@@ -244,30 +272,6 @@ def _time_raw_threads(env, steps: int, substeps: int, threads: int) -> float:
     for w in workers:
         w.join()
     return steps * len(pairs) / (time.perf_counter() - t0)
-
-
-def _time_replay(env, starts: np.ndarray, ctrls: np.ndarray, substeps: int) -> tuple[float, float]:
-    """Env-steps/s of a bare Python loop of single mj_step calls that replays each env's recorded ctrls
-    (T, N, nu) from its start state (N, S) on a copy of its model and a fresh MjData; also returns the
-    largest difference between the replay's final qpos and the env's (0 when it redid the same physics)."""
-    import mujoco
-
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    mj_step = mujoco.mj_step
-    elapsed, error = 0.0, 0.0
-    for i in range(starts.shape[0]):
-        m = copy.copy(env.models[i])
-        d = mujoco.MjData(m)
-        mujoco.mj_setState(m, d, starts[i], spec)
-        ctrl = d.ctrl
-        t0 = time.perf_counter()
-        for c in ctrls[:, i]:
-            ctrl[:] = c
-            for _ in range(substeps):
-                mj_step(m, d)
-        elapsed += time.perf_counter() - t0
-        error = max(error, float(np.abs(d.qpos - env.datas[i].qpos).max()))
-    return ctrls.shape[0] * starts.shape[0] / elapsed, error
 
 
 def _robosuite_env(cfg: BenchConfig, camera: bool):
@@ -382,8 +386,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     def with_ceiling(name: str, env, actions: np.ndarray) -> Callable[[], dict[str, float]]:
         def timed() -> dict[str, float]:
             nonlocal replay_error
-            sps, starts, ctrls = _time_native(env, actions, w, cfg.seed, record=True)
-            ceiling, error = _time_replay(env, starts, ctrls, cfg.substeps)
+            sps, ceiling, error = _time_with_ceiling(env, actions, w, cfg.seed, cfg.substeps)
             replay_error = max(replay_error, error)
             return {name: sps, CEILING_OF[name]: ceiling}
 
