@@ -72,6 +72,16 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: Seque
     return _build(cls, tree, "", ctx, base=None)
 
 
+def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build `cls` from a nested mapping (as Python code passes it: dataclass instances, tuples and
+    lists are all accepted), with the same checks and one-line messages as `load_config`."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise TypeError(f"config_from_dict needs a dataclass type, got {cls!r}")
+    plain = {k: config_to_dict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+             for k, v in data.items()}
+    return _build(cls, plain, "", _Context(root=cls), base=None)
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML/JSON-serializable dict of a config dataclass (tuples become lists, Enums values)."""
     if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):

@@ -7,7 +7,7 @@ module name in `NATIVE_TASK_MODULES`.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from robolearn.errors import UnknownNameError, did_you_mean
@@ -60,14 +60,17 @@ def get_task_class(name: str) -> type[Task]:
 
 
 def make_env(cfg: EnvConfig | str | None = None, **overrides: Any):
-    """Build the batched env for `cfg` (a config, or a task name plus field overrides)."""
+    """Build the batched env for `cfg`: a config, or a task name, plus field overrides
+    (`make_env("lift", num_envs=8, pointcloud={"enabled": True}, cameras=["front"])`); overrides
+    get the same checks and messages as the CLI's (a misspelt field is named, with a suggestion)."""
+    from robolearn.config import config_from_dict, config_to_dict
     from robolearn.sim.config import EnvConfig
 
-    if cfg is None or isinstance(cfg, str):
-        cfg = EnvConfig(task=cfg or overrides.pop("task", "lift"), **overrides)
-    elif overrides:
-        cfg = EnvConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **overrides})
-    cfg.validate()
+    if isinstance(cfg, EnvConfig):
+        base = config_to_dict(cfg)
+    else:
+        base = {"task": cfg or overrides.pop("task", "lift")}
+    cfg = config_from_dict(EnvConfig, {**base, **overrides})
     if cfg.task.startswith(ROBOSUITE_PREFIX):
         from robolearn.sim.robosuite_env import RobosuiteVecEnv
 

@@ -39,25 +39,30 @@ def test_unknown_robot_name():
 
 # ---- config values -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "message", "make_env_message"),
     [
-        ({"num_envs": 0}, r"num_envs=0 is invalid; it must be a positive integer"),
-        ({"num_threads": 0}, r"num_threads=0 is invalid"),
-        ({"physics_hz": 510.0}, r"physics_hz=510.0 is invalid; it must be a whole multiple of control_hz=20.0"),
-        ({"control_hz": 0.0}, r"control_hz=0.0 is invalid"),
-        ({"action_mode": "torque"}, r"action_mode='torque' is invalid; it must be 'ee_delta' or 'joint_pos'"),
-        ({"image_size": (4, 4)}, r"image_size=\(4, 4\) is invalid; it must be \(height, width\)"),
-        ({"image_size": (84,)}, r"image_size=\(84,\) is invalid"),
-        ({"image_size": (84, 84, 3)}, r"image_size=\(84, 84, 3\) is invalid"),
-        ({"max_episode_steps": -1}, r"max_episode_steps=-1 is invalid"),
-        ({"cameras": ["front", "front"]}, r"cameras=\['front', 'front'\] is invalid; it must be a list without"),
+        ({"num_envs": 0}, r"num_envs=0 is invalid; it must be a positive integer", None),
+        ({"num_threads": 0}, r"num_threads=0 is invalid", None),
+        ({"physics_hz": 510.0}, r"physics_hz=510.0 is invalid; it must be a whole multiple of control_hz=20.0", None),
+        ({"control_hz": 0.0}, r"control_hz=0.0 is invalid", None),
+        ({"action_mode": "torque"}, r"action_mode='torque' is invalid; it must be 'ee_delta' or 'joint_pos'",
+         r"action_mode='torque': expected one of 'ee_delta', 'joint_pos'"),
+        ({"image_size": (4, 4)}, r"image_size=\(4, 4\) is invalid; it must be \(height, width\)", None),
+        ({"image_size": (84,)}, r"image_size=\(84,\) is invalid",
+         r"image_size=\[84\]: expected a list of exactly 2 integers"),
+        ({"image_size": (84, 84, 3)}, r"image_size=\(84, 84, 3\) is invalid",
+         r"image_size=\[84, 84, 3\]: expected a list of exactly 2 integers"),
+        ({"max_episode_steps": -1}, r"max_episode_steps=-1 is invalid", None),
+        ({"cameras": ["front", "front"]}, r"cameras=\['front', 'front'\] is invalid; it must be a list without", None),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else "",
 )
-def test_invalid_config_values(overrides, message):
+def test_invalid_config_values(overrides, message, make_env_message):
     with pytest.raises(ConfigError, match=message):
         EnvConfig(**overrides).validate()
-    with pytest.raises(ConfigError, match=message):  # make_env validates before building anything
+    # make_env builds through the typed config builder (the CLI's checks), so a value of the wrong
+    # shape or choice is named in its wording; either way nothing is built
+    with pytest.raises(ConfigError, match=make_env_message or message):
         make_env("lift", **overrides)
 
 
@@ -266,3 +271,16 @@ def test_env_with_a_malformed_robot_file(tmp_path):
     path = write(tmp_path, _set(panda_yaml(), "arm.home", _DELETE))
     with pytest.raises(ConfigError, match=r"missing key 'arm.home'"):
         make_env("lift", robot=path)
+
+
+def test_misspelt_make_env_field_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'num_env'.*Did you mean 'num_envs'"):
+        make_env("lift", num_env=2)
+
+
+def test_make_env_builds_nested_configs_from_plain_dicts():
+    env = make_env("lift", randomization={"physics": {"mass_scale": [0.5, 0.5]}}, task_options={"lift_height": 0.04})
+    assert env.cfg.randomization.physics.mass_scale == (0.5, 0.5) and env.task.options.lift_height == 0.04
+    with pytest.raises(ConfigError, match="randomization.physics.mass_scale"):
+        make_env("lift", randomization={"physics": {"mass_scale": "heavy"}})
+    env.close()
