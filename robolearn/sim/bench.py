@@ -182,17 +182,21 @@ def _native_env(cfg: BenchConfig, num_envs: int = 1, num_threads: int = 1, camer
     ))
 
 
-def _time_native(env, actions: np.ndarray, warmup: int, seed: int) -> float:
-    """Env-steps/s of `env.step` over actions[warmup:] (actions (T, N, 7)), after a reset and warm-up."""
-    env.reset(seed=seed)
+def _warm_then_time(step: Callable[[np.ndarray], Any], actions: np.ndarray, warmup: int) -> float:
+    """Call `step` on actions[:warmup] untimed, then on the rest; returns the rest's steps per second."""
     for a in actions[:warmup]:
-        env.step(a)
+        step(a)
     timed = actions[warmup:]
-    step = env.step
     t0 = time.perf_counter()
     for a in timed:
         step(a)
-    return len(timed) * env.num_envs / (time.perf_counter() - t0)
+    return len(timed) / (time.perf_counter() - t0)
+
+
+def _time_native(env, actions: np.ndarray, warmup: int, seed: int) -> float:
+    """Env-steps/s of `env.step` over actions[warmup:] (actions (T, N, 7)), after a reset and warm-up."""
+    env.reset(seed=seed)
+    return _warm_then_time(env.step, actions, warmup) * env.num_envs
 
 
 def _time_with_ceiling(env, actions: np.ndarray, warmup: int, seed: int, substeps: int,
@@ -307,15 +311,7 @@ def _time_robosuite(env, actions: np.ndarray, warmup: int) -> float:
     """Steps/s of robosuite's env.step over actions[warmup:] (actions (T, 7))."""
     _robosuite_gl_current(env)
     env.reset()  # the cube's placement comes from the env's own seeded generator (seed= at make)
-    for a in actions[:warmup]:
-        env.step(a)
-    timed = actions[warmup:]
-    step = env.step
-    t0 = time.perf_counter()
-    for a in timed:
-        step(a)
-    dt = time.perf_counter() - t0
-    return len(timed) / dt
+    return _warm_then_time(env.step, actions, warmup)
 
 
 # ---- the run ----------------------------------------------------------------------------------------
