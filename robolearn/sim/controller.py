@@ -38,10 +38,6 @@ class ArmController:
         self._jac = np.zeros((0, 6, nv))
         self._dofs = ids.arm_dof.astype(np.int64)
 
-    @property
-    def action_dim(self) -> int:
-        return 7 if self.mode == "ee_delta" else 8
-
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "ee_delta":
             return -np.ones(7, np.float32), np.ones(7, np.float32)

@@ -59,7 +59,6 @@ class RobotIds:
     arm_qpos: np.ndarray  # (7,) qpos addresses of the arm joints
     arm_dof: np.ndarray  # (7,) dof addresses
     finger_qpos: np.ndarray  # (2,)
-    finger_dof: np.ndarray  # (2,)
     arm_act: np.ndarray  # (7,) actuator ids
     finger_act: np.ndarray  # (2,)
     tcp_site: int
@@ -211,7 +210,6 @@ def robot_ids(model: mujoco.MjModel, robot: RobotSpec) -> RobotIds:
         arm_qpos=model.jnt_qposadr[arm_j].copy(),
         arm_dof=model.jnt_dofadr[arm_j].copy(),
         finger_qpos=model.jnt_qposadr[fin_j].copy(),
-        finger_dof=model.jnt_dofadr[fin_j].copy(),
         arm_act=np.array([act(n) for n in robot.joint_names]),
         finger_act=np.array([act(n) for n in robot.gripper_joint_names]),
         tcp_site=mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, TCP_SITE),

@@ -62,7 +62,3 @@ def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     qv = q[..., 1:]
     t = 2.0 * np.cross(qv, v)
     return v + q[..., :1] * t + np.cross(qv, t)
-
-
-def wrap_angle(a: np.ndarray) -> np.ndarray:
-    return (a + np.pi) % (2 * np.pi) - np.pi
