@@ -55,11 +55,16 @@ class BatchState:
 
 @dataclass
 class TaskEval:
-    """Judgement of a batch: current stage index (N,) int, success (N,) bool, dense terms."""
+    """Judgement of a batch: current stage index (N,) int, success (N,) bool, dense terms.
+
+    A task that judges in one compiled kernel may also fill `reward` (N,) and `environment_state`
+    (N, D) float32 on the way; the env then uses them instead of calling back into the task."""
 
     stage: np.ndarray
     success: np.ndarray
     terms: dict[str, np.ndarray]
+    reward: np.ndarray | None = None
+    environment_state: np.ndarray | None = None
 
 
 @dataclass
@@ -126,6 +131,8 @@ class Task(ABC):
 
     def reward(self, ev: TaskEval) -> np.ndarray:
         """(N,) weighted sum of the named dense terms."""
+        if ev.reward is not None:
+            return ev.reward
         return self._weights @ np.array([ev.terms[name] for name in self.reward_weights], dtype=float)
 
     # ---- expert ------------------------------------------------------------------------------

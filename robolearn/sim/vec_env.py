@@ -39,7 +39,7 @@ from robolearn.sim.controller import ArmController
 from robolearn.sim.randomization import DomainRandomizer
 from robolearn.sim.render import CameraRenderer, depth_to_points, make_pointcloud
 from robolearn.sim.robot import PREFIX, attach_panda, robot_ids
-from robolearn.sim.task import BatchState, Task
+from robolearn.sim.task import BatchState, Task, TaskEval
 
 SIM_ASSETS = Path(__file__).resolve().parents[2] / "sim_assets"
 STATE_NAMES = (
@@ -230,7 +230,8 @@ class VecEnv(gym.vector.VectorEnv):
         for i in ids:
             self._reset_env(int(i))
         self._gather()
-        return self._observe(), self._infos(self.task.evaluate(self.state))
+        ev = self.task.evaluate(self.state)
+        return self._observe(ev), self._infos(ev)
 
     def reset_envs(self, env_ids) -> dict[str, np.ndarray]:
         """Reset some envs in place and return the batch observation."""
@@ -283,11 +284,12 @@ class VecEnv(gym.vector.VectorEnv):
         done = terminated | truncated
         infos = self._infos(ev)
         if done.any():
-            add_final_infos(infos, self._observe(), done)
+            add_final_infos(infos, self._observe(ev), done)
             for i in np.flatnonzero(done):
                 self._reset_env(int(i))
             self._gather()
-        obs = self._observe()
+            ev = None  # judged before the reset: the new episodes' state is read from the task
+        obs = self._observe(ev)
         return obs, reward.astype(np.float32), terminated, truncated, infos
 
     # ---- state, observations, infos ----------------------------------------------------------
@@ -308,14 +310,19 @@ class VecEnv(gym.vector.VectorEnv):
             grasp_contact=contact,
         )
 
-    def _observe(self) -> dict[str, np.ndarray]:
+    def _observe(self, ev: TaskEval | None = None) -> dict[str, np.ndarray]:
+        """Observations of the current state; `ev`, the judgement of this same state, may carry the
+        environment state already (tasks that judge in one compiled kernel)."""
         s = self.state
+        env_state = ev.environment_state if ev is not None else None
+        if env_state is None:
+            env_state = self.task.environment_state(s)
         proprio = self._proprio  # q, dq, tcp pos, tcp quat, fingers: filled by the gather kernel
         if self.randomizer.cfg.physics.observation_noise_std:
             proprio = np.stack([self.randomizer.noise(p, r) for p, r in zip(proprio, self._rngs)])
         obs = {
             "observation.state": proprio.astype(np.float32, copy=False),
-            "observation.environment_state": self.task.environment_state(s).astype(np.float32),
+            "observation.environment_state": env_state.astype(np.float32, copy=False),
         }
         if self.renderer is not None:
             obs.update(self._render_all())

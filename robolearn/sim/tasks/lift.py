@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mujoco
+import numba
 import numpy as np
 
 from robolearn.sim.registry import register_task
@@ -30,6 +31,41 @@ class LiftOptions(TaskOptions):
     """cube x at reset, m (robot base at the origin)"""
     y_range: tuple[float, float] = (-0.15, 0.15)
     """cube y at reset, m"""
+
+
+TERMS = ("reach", "grasp", "lift", "success")  # column order of judge_lift's terms
+
+
+@numba.njit(cache=True, nogil=True)
+def judge_lift(tcp, cube, cube_quat, contact, half_size, lift_height, weights, stage, success, terms, reward,
+               env_state):
+    """Stage, success, dense terms (columns in TERMS order), weighted reward and environment state of
+    every env, in one compiled pass (at one env, ~20 numpy calls cost 10% of a physics step).
+
+    Stages: reach -> grasp (TCP within 2 cm of the cube) -> lift (both fingers on the cube).
+    Terms: reach 1 - tanh(10 d) approaches the cube; grasp 1 while both fingers touch it; lift
+    rises to 1 at the success height while it is held; success 1 once it is lifted."""
+    for e in range(tcp.shape[0]):
+        d0, d1, d2 = tcp[e, 0] - cube[e, 0], tcp[e, 1] - cube[e, 1], tcp[e, 2] - cube[e, 2]
+        dist = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        grasped = contact[e, 0] and contact[e, 1]
+        height = cube[e, 2] - half_size
+        lifted = height > lift_height
+        stage[e] = 2 if grasped else (1 if dist < 0.02 else 0)
+        success[e] = lifted
+        terms[e, 0] = 1.0 - np.tanh(10.0 * dist)
+        terms[e, 1] = 1.0 if grasped else 0.0
+        terms[e, 2] = min(max(height / lift_height, 0.0), 1.0) if grasped else 0.0
+        terms[e, 3] = 1.0 if lifted else 0.0
+        r = 0.0
+        for k in range(terms.shape[1]):
+            r += weights[k] * terms[e, k]
+        reward[e] = r
+        for c in range(3):
+            env_state[e, c] = cube[e, c]
+            env_state[e, 7 + c] = d0 if c == 0 else (d1 if c == 1 else d2)
+        for c in range(4):
+            env_state[e, 3 + c] = cube_quat[e, c]
 
 
 @register_task
@@ -58,6 +94,10 @@ class Lift(Task):
         body.add_geom(name="cube_geom", type=mujoco.mjtGeom.mjGEOM_BOX, size=[h, h, h], rgba=[0.85, 0.15, 0.1, 1],
                       mass=0.08, friction=[1.2, 0.005, 0.0001])
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._term_weights = np.array([self.reward_weights[t] for t in TERMS])  # in the kernel's column order
+
     def bind(self, model: mujoco.MjModel) -> None:
         super().bind(model)
         self.cube_qpos = free_joint_qpos(model, "cube")
@@ -77,26 +117,17 @@ class Lift(Task):
                 "cube_to_tcp_x", "cube_to_tcp_y", "cube_to_tcp_z"]
 
     def environment_state(self, s: BatchState):
-        p = s.body_pos["cube"]
-        return np.concatenate([p, s.body_quat["cube"], s.tcp_pos - p], axis=1)
+        return self.evaluate(s).environment_state
 
     def evaluate(self, s: BatchState) -> TaskEval:
-        o = self.options
-        cube = s.body_pos["cube"]
-        diff = s.tcp_pos - cube
-        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        grasped = s.grasped
-        height = cube[:, 2] - o.cube_half_size
-        success = height > o.lift_height
-        raised = height / o.lift_height  # 1 at the success height
-        stage = np.where(grasped, 2, dist < 0.02)  # reach -> grasp (TCP at the cube) -> lift (held)
-        terms = {
-            "reach": 1.0 - np.tanh(10.0 * dist),  # approach the cube
-            "grasp": grasped * 1.0,  # both fingers on the cube
-            "lift": grasped * raised.clip(0.0, 1.0),  # raise it while holding it
-            "success": success * 1.0,
-        }
-        return TaskEval(stage=stage, success=success, terms=terms)
+        o, n = self.options, s.q.shape[0]
+        stage, success = np.empty(n, np.int64), np.empty(n, bool)
+        terms, reward = np.empty((n, len(TERMS))), np.empty(n)
+        env_state = np.empty((n, 10), np.float32)
+        judge_lift(s.tcp_pos, s.body_pos["cube"], s.body_quat["cube"], s.grasp_contact, o.cube_half_size,
+                   o.lift_height, self._term_weights, stage, success, terms, reward, env_state)
+        return TaskEval(stage=stage, success=success, terms={t: terms[:, k] for k, t in enumerate(TERMS)},
+                        reward=reward, environment_state=env_state)
 
     def make_expert(self, num_envs, max_dpos, max_drot):
         return LiftExpert(self, num_envs, max_dpos, max_drot)
