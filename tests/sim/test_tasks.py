@@ -110,3 +110,53 @@ def test_lift_compiled_judgement_matches_a_numpy_reference():
         reference = np.concatenate([cube, s.body_quat["cube"], s.tcp_pos - cube], axis=1)
         np.testing.assert_allclose(ev.environment_state, reference, atol=1e-6)
     env.close()
+
+
+def test_pick_place_compiled_judgement_matches_a_numpy_reference():
+    """pick_place judges in one numba kernel; this is the same rule written plainly, as an oracle."""
+    env = make_env("pick_place", num_envs=20, seed=4, terminate_on_success=False)
+    env.reset()
+    task = env.task
+    expert = task.make_expert(20, env.cfg.max_dpos, env.cfg.max_drot)
+    rng = np.random.default_rng(0)
+    o, w = task.options, task.reward_weights
+    h = o.object_half_size
+    for _ in range(60):
+        action, _ = expert.act(env.state)
+        action[10:] = rng.uniform(-1, 1, action[10:].shape)  # half the envs wander
+        env.step(action)
+        s = env.state
+        ev = task.evaluate(s)
+        obj, bin_pos = s.body_pos["object"], s.body_pos["bin"]
+        rel = obj - bin_pos
+        dist = np.linalg.norm(s.tcp_pos - obj, axis=1)
+        grasped = s.grasp_contact.all(axis=1)
+        height = obj[:, 2] - h
+        reached = (dist < o.reach_distance) | s.grasp_contact.any(axis=1)
+        lifted = grasped & (height > o.lift_height)
+        over_bin = np.all(np.abs(rel[:, :2]) < task.bin_inner_half, axis=1)
+        in_bin = over_bin & (rel[:, 2] < task.bin_wall_top)
+        resting = rel[:, 2] < task.bin_floor_top + h + 0.01
+        success = in_bin & resting & ~s.grasp_contact.any(axis=1)
+        stage = np.select([over_bin, lifted, grasped, reached], [4, 3, 2, 1], 0)
+        xy_to_bin = np.linalg.norm(rel[:, :2], axis=1)
+        above_floor = np.maximum(rel[:, 2] - (task.bin_floor_top + h), 0.0)
+        terms = {
+            "reach": np.where(grasped | in_bin, 1.0, 1.0 - np.tanh(10.0 * dist)),
+            "grasp": (grasped | in_bin).astype(float),
+            "lift": np.where(in_bin, 1.0, grasped * np.clip(height / task.carry_height(), 0.0, 1.0)),
+            "transport": np.where(in_bin, 1.0, lifted * (1.0 - np.tanh(5.0 * xy_to_bin))),
+            "place": over_bin * (1.0 - np.tanh(10.0 * above_floor)),
+            "success": success.astype(float),
+        }
+        np.testing.assert_array_equal(ev.stage, stage)
+        np.testing.assert_array_equal(ev.success, success)
+        assert list(ev.terms) == list(w)
+        for k, v in terms.items():
+            np.testing.assert_allclose(ev.terms[k], v, atol=1e-12)
+        np.testing.assert_allclose(ev.reward, sum(w[k] * v for k, v in terms.items()), atol=1e-12)
+        reference = np.concatenate([obj, s.body_quat["object"], bin_pos, s.tcp_pos - obj, bin_pos - obj], axis=1)
+        assert ev.environment_state.dtype == np.float32
+        np.testing.assert_allclose(ev.environment_state, reference, atol=1e-6)
+        np.testing.assert_array_equal(task.environment_state(s), ev.environment_state)
+    env.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mujoco
+import numba
 import numpy as np
 
 from robolearn.errors import ConfigError
@@ -27,6 +28,93 @@ QUARTER = np.pi / 2
 def fold_quarter(angle: np.ndarray) -> np.ndarray:
     """Fold angles into [-pi/4, pi/4): a square peg in a square hole looks the same every 90 degrees."""
     return (angle + np.pi / 4) % QUARTER - np.pi / 4
+
+
+TERMS = ("reach", "grasp", "lift", "align_xy", "align_yaw", "insert", "success")  # judge_peg_insert's columns
+
+
+@numba.njit(cache=True, nogil=True)
+def _quat_yaw(q):
+    """Yaw (rotation about world z) of one wxyz quaternion (rotations.quat_to_yaw)."""
+    w, x, y, z = q[0], q[1], q[2], q[3]
+    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+@numba.njit(cache=True, nogil=True)
+def _point_on_axis(pos, q, h, out):
+    """out = pos + q rotating (0, 0, h): the point at height h along a body's z axis, world frame
+    (rotations.quat_rotate written out for one quaternion, in the same order of operations)."""
+    w, x, y, z = q[0], q[1], q[2], q[3]
+    t0, t1, t2 = 2.0 * (y * h - z * 0.0), 2.0 * (z * 0.0 - x * h), 2.0 * (x * 0.0 - y * 0.0)
+    out[0] = pos[0] + ((0.0 + w * t0) + (y * t2 - z * t1))
+    out[1] = pos[1] + ((0.0 + w * t1) + (z * t0 - x * t2))
+    out[2] = pos[2] + ((h + w * t2) + (x * t1 - y * t0))
+
+
+@numba.njit(cache=True, nogil=True)
+def judge_peg_insert(tcp, peg, peg_quat, hole, hole_quat, contact, peg_half_length, grasp_offset, hole_depth,
+                     insert_depth, hole_half_width, xy_tol, yaw_tol, weights, stage, success, terms, reward,
+                     env_state):
+    """Stage, success, dense terms (columns in TERMS order), weighted reward and environment state of
+    every env, in one compiled pass.
+
+    Geometry: the peg's bottom centre and its grasp point (`grasp_offset` below its top) lie on its
+    axis; `rel` is the bottom relative to the hole's rim centre in the fixture's (yawed) frame, so
+    rel[2] is its height above the rim; the yaw error is hole yaw minus peg yaw folded into
+    [-pi/4, pi/4) (a square peg looks the same every 90 degrees).
+    Stages: reach -> grasp (TCP within 2 cm of the grasp point) -> align (both fingers on the peg)
+    -> insert (held, bottom hovering 0-3 cm above the rim, centred within xy_tol and turned within
+    yaw_tol; or already in the hole). In the hole = bottom below the rim and its centre inside the
+    hole's square, which the walls allow only when the peg is really in; success at insert_depth."""
+    bottom, grasp_pt = np.empty(3), np.empty(3)
+    for e in range(tcp.shape[0]):
+        _point_on_axis(peg[e], peg_quat[e], -peg_half_length, bottom)
+        _point_on_axis(peg[e], peg_quat[e], peg_half_length - grasp_offset, grasp_pt)
+        hole_yaw = _quat_yaw(hole_quat[e])
+        c, sn = np.cos(hole_yaw), np.sin(hole_yaw)
+        d0, d1, d2 = bottom[0] - hole[e, 0], bottom[1] - hole[e, 1], bottom[2] - hole[e, 2]
+        rel0, rel1, rel2 = c * d0 + sn * d1, -sn * d0 + c * d1, d2
+        xy_err = np.sqrt(rel0 * rel0 + rel1 * rel1)
+        yaw_err = abs((hole_yaw - _quat_yaw(peg_quat[e]) + np.pi / 4) % QUARTER - np.pi / 4)
+        r0, r1, r2 = tcp[e, 0] - grasp_pt[0], tcp[e, 1] - grasp_pt[1], tcp[e, 2] - grasp_pt[2]
+        reach_dist = np.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+        grasped = contact[e, 0] and contact[e, 1]
+        in_footprint = abs(rel0) < hole_half_width and abs(rel1) < hole_half_width
+        depth = -rel2
+        inserted = in_footprint and depth > 0
+        succeeded = in_footprint and depth >= insert_depth
+        hovering = rel2 > -0.001 and rel2 < 0.03  # bottom just above the rim
+        aligned = grasped and hovering and xy_err < xy_tol and yaw_err < yaw_tol
+        stage[e] = 3 if (aligned or inserted) else (2 if grasped else (1 if reach_dist < 0.02 else 0))
+        success[e] = succeeded
+        engaged = grasped or inserted
+        # move the TCP to the grasp point near the peg's top
+        terms[e, 0] = 1.0 - np.tanh(10.0 * reach_dist)
+        # both fingers on the peg
+        terms[e, 1] = 1.0 if grasped else 0.0
+        # raise the held peg until its bottom clears the rim (table at z = 0)
+        terms[e, 2] = min(max(bottom[2] / (hole_depth + 0.01), 0.0), 1.0) if grasped else 0.0
+        # bring the peg's bottom over the hole's centre; the second tanh resolves the last
+        # millimetres, which are what the clearance asks for
+        terms[e, 3] = 1.0 - 0.5 * (np.tanh(10.0 * xy_err) + np.tanh(200.0 * xy_err)) if engaged else 0.0
+        # turn the peg to the hole's yaw (mod 90 degrees)
+        terms[e, 4] = 1.0 - yaw_err / (np.pi / 4) if engaged else 0.0
+        # push the peg down into the hole
+        terms[e, 5] = min(max(depth / insert_depth, 0.0), 1.0) if inserted else 0.0
+        terms[e, 6] = 1.0 if succeeded else 0.0
+        r = 0.0
+        for k in range(terms.shape[1]):
+            r += weights[k] * terms[e, k]
+        reward[e] = r
+        # peg pose, hole pose, peg bottom -> hole, peg -> TCP
+        for k in range(3):
+            env_state[e, k] = peg[e, k]
+            env_state[e, 7 + k] = hole[e, k]
+            env_state[e, 14 + k] = hole[e, k] - bottom[k]
+            env_state[e, 17 + k] = tcp[e, k] - peg[e, k]
+        for k in range(4):
+            env_state[e, 3 + k] = peg_quat[e, k]
+            env_state[e, 10 + k] = hole_quat[e, k]
 
 
 @dataclass
@@ -142,6 +230,7 @@ class PegInsert(Task):
         self.yaw_tol = 0.5 * o.clearance / (2 * o.peg_half_width)
         # Centring tolerance of the align stage: half of the per-side play.
         self.xy_tol = o.clearance / 4
+        self._term_weights = np.array([self.reward_weights[t] for t in TERMS])  # in the kernel's column order
 
     # ---- scene -------------------------------------------------------------------------------
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -197,29 +286,6 @@ class PegInsert(Task):
         data.mocap_pos[self.hole_mocap] = [*sample["hole_xy"], o.hole_depth]
         data.mocap_quat[self.hole_mocap] = yaw_quat(sample["hole_yaw"])
 
-    # ---- geometry shared by judging and the expert -------------------------------------------
-    def peg_bottom(self, s: BatchState) -> np.ndarray:
-        """(N, 3) centre of the peg's bottom face, world frame."""
-        down = np.broadcast_to([0.0, 0.0, -self.options.peg_half_length], s.body_pos["peg"].shape)
-        return s.body_pos["peg"] + quat_rotate(s.body_quat["peg"], down)
-
-    def grasp_point(self, s: BatchState) -> np.ndarray:
-        """(N, 3) point on the peg's axis `grasp_offset` below its top, where the TCP should close."""
-        o = self.options
-        up = np.broadcast_to([0.0, 0.0, o.peg_half_length - o.grasp_offset], s.body_pos["peg"].shape)
-        return s.body_pos["peg"] + quat_rotate(s.body_quat["peg"], up)
-
-    def relative_yaw(self, s: BatchState) -> np.ndarray:
-        """(N,) hole yaw minus peg yaw, folded into [-pi/4, pi/4)."""
-        return fold_quarter(quat_to_yaw(s.body_quat["hole"]) - quat_to_yaw(s.body_quat["peg"]))
-
-    def hole_frame_offset(self, s: BatchState, point: np.ndarray) -> np.ndarray:
-        """(N, 3) `point` relative to the hole's rim centre, in the fixture's (yawed) frame."""
-        yaw = quat_to_yaw(s.body_quat["hole"])
-        d = point - s.body_pos["hole"]
-        c, sn = np.cos(yaw), np.sin(yaw)
-        return np.stack([c * d[:, 0] + sn * d[:, 1], -sn * d[:, 0] + c * d[:, 1], d[:, 2]], axis=1)
-
     # ---- judging -----------------------------------------------------------------------------
     @property
     def environment_state_names(self):
@@ -229,45 +295,19 @@ class PegInsert(Task):
                 + [f"peg_bottom_to_hole_{c}" for c in xyz] + [f"peg_to_tcp_{c}" for c in xyz])
 
     def environment_state(self, s: BatchState):
-        peg, hole = s.body_pos["peg"], s.body_pos["hole"]
-        return np.concatenate([peg, s.body_quat["peg"], hole, s.body_quat["hole"],
-                               hole - self.peg_bottom(s), s.tcp_pos - peg], axis=1)
+        return self.evaluate(s).environment_state
 
     def evaluate(self, s: BatchState) -> TaskEval:
-        o = self.options
-        bottom = self.peg_bottom(s)
-        rel = self.hole_frame_offset(s, bottom)  # rel[:, 2] is the bottom's height above the rim
-        xy_err = np.linalg.norm(rel[:, :2], axis=1)
-        yaw_err = np.abs(self.relative_yaw(s))
-        reach_dist = np.linalg.norm(s.tcp_pos - self.grasp_point(s), axis=1)
-        grasped = s.grasped
-        # below the rim with the bottom centre inside the hole's square: the walls allow that only
-        # when the peg is really in the hole
-        in_footprint = np.all(np.abs(rel[:, :2]) < self.hole_half_width, axis=1)
-        depth = -rel[:, 2]
-        inserted = in_footprint & (depth > 0)
-        success = in_footprint & (depth >= o.insert_depth)
-        hovering = (rel[:, 2] > -0.001) & (rel[:, 2] < 0.03)  # bottom just above the rim
-        aligned = grasped & hovering & (xy_err < self.xy_tol) & (yaw_err < self.yaw_tol)
-        reached = reach_dist < 0.02
-        stage = np.select([aligned | inserted, grasped, reached], [3, 2, 1], 0)
-        terms = {
-            # move the TCP to the grasp point near the peg's top
-            "reach": 1.0 - np.tanh(10.0 * reach_dist),
-            # both fingers on the peg
-            "grasp": grasped.astype(float),
-            # raise the held peg until its bottom clears the rim
-            "lift": grasped * np.clip(bottom[:, 2] / (o.hole_depth + 0.01), 0.0, 1.0),  # table at z = 0
-            # bring the peg's bottom over the hole's centre; the second tanh resolves the last
-            # millimetres, which are what the clearance asks for
-            "align_xy": (grasped | inserted) * (1.0 - 0.5 * (np.tanh(10.0 * xy_err) + np.tanh(200.0 * xy_err))),
-            # turn the peg to the hole's yaw (mod 90 degrees)
-            "align_yaw": (grasped | inserted) * (1.0 - yaw_err / (np.pi / 4)),
-            # push the peg down into the hole
-            "insert": inserted * np.clip(depth / o.insert_depth, 0.0, 1.0),
-            "success": success.astype(float),
-        }
-        return TaskEval(stage=stage, success=success, terms=terms)
+        o, n = self.options, s.q.shape[0]
+        stage, success = np.empty(n, np.int64), np.empty(n, bool)
+        terms, reward = np.empty((n, len(TERMS))), np.empty(n)
+        env_state = np.empty((n, 20), np.float32)
+        judge_peg_insert(s.tcp_pos, s.body_pos["peg"], s.body_quat["peg"], s.body_pos["hole"], s.body_quat["hole"],
+                         s.grasp_contact, o.peg_half_length, o.grasp_offset, o.hole_depth, o.insert_depth,
+                         self.hole_half_width, self.xy_tol, self.yaw_tol, self._term_weights, stage, success, terms,
+                         reward, env_state)
+        return TaskEval(stage=stage, success=success, terms={t: terms[:, k] for k, t in enumerate(TERMS)},
+                        reward=reward, environment_state=env_state)
 
     def make_expert(self, num_envs, max_dpos, max_drot):
         return PegInsertExpert(self, num_envs, max_dpos, max_drot)
@@ -322,6 +362,16 @@ class PegInsertExpert(ScriptedExpert):
         self.settled[ids] = 0
         self.rim_steps[ids] = 0
 
+    # ---- the expert's own geometry (the task judges the same points in judge_peg_insert)
+    def point_on_peg_axis(self, s: BatchState, height: float) -> np.ndarray:
+        """(N, 3) point `height` above the peg's centre along its axis, world frame."""
+        up = np.broadcast_to([0.0, 0.0, height], s.body_pos["peg"].shape)
+        return s.body_pos["peg"] + quat_rotate(s.body_quat["peg"], up)
+
+    def relative_yaw(self, s: BatchState) -> np.ndarray:
+        """(N,) hole yaw minus peg yaw, folded into [-pi/4, pi/4)."""
+        return fold_quarter(quat_to_yaw(s.body_quat["hole"]) - quat_to_yaw(s.body_quat["peg"]))
+
     def act(self, s: BatchState):
         task: PegInsert = self.task
         o = task.options
@@ -333,8 +383,8 @@ class PegInsertExpert(ScriptedExpert):
             return mask[:, None]  # (N,) mask -> (N, 1), to select between (N, 3) arrays
 
         peg_q = s.body_quat["peg"]
-        grasp_pt = task.grasp_point(s)
-        bottom = task.peg_bottom(s)
+        grasp_pt = self.point_on_peg_axis(s, o.peg_half_length - o.grasp_offset)  # where the TCP closes
+        bottom = self.point_on_peg_axis(s, -o.peg_half_length)  # centre of the peg's bottom face
         hole = s.body_pos["hole"]
         rim_z = hole[:, 2]
 
@@ -359,7 +409,7 @@ class PegInsertExpert(ScriptedExpert):
         goal[:, 2] = rim_z + np.select([ph <= self.TRANSPORT, ph == self.ALIGN], [self.APPROACH, hover],
                                        -o.insert_depth - 0.006)
         # Turn the TCP by the rotation that makes the peg upright with the hole's yaw (mod 90 deg).
-        turn = rotation_error(yaw_quat(quat_to_yaw(peg_q) + task.relative_yaw(s)), peg_q)
+        turn = rotation_error(yaw_quat(quat_to_yaw(peg_q) + self.relative_yaw(s)), peg_q)
         held_quat = quat_mul(axis_angle_to_quat(turn), s.tcp_quat)
 
         err = np.where(col(free), tcp_target - s.tcp_pos, goal - bottom)
