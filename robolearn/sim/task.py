@@ -91,11 +91,14 @@ class Task(ABC):
     """free bodies whose mass, friction and colour domain randomization may change"""
     reward_weights: ClassVar[dict[str, float]]
     """weight of each named dense term in the scalar reward"""
+    term_order: ClassVar[tuple[str, ...]] = ()
+    """column order of the terms a compiled judgement kernel writes (see `judge_compiled`)"""
     Options: ClassVar[type[TaskOptions]] = TaskOptions
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = parse_options(self.Options, options or {}, self.name)
         self._weights = np.fromiter(self.reward_weights.values(), float)
+        self._term_weights = np.array([self.reward_weights[t] for t in self.term_order])
 
     # ---- scene -------------------------------------------------------------------------------
     @abstractmethod
@@ -121,13 +124,30 @@ class Task(ABC):
     def environment_state_names(self) -> list[str]:
         """Names of the columns of `environment_state`."""
 
-    @abstractmethod
     def environment_state(self, s: BatchState) -> np.ndarray:
-        """Privileged object state: (N, D_env) float."""
+        """Privileged object state: (N, D_env) float. By default the one `evaluate` computes."""
+        env_state = self.evaluate(s).environment_state
+        if env_state is None:
+            raise NotImplementedError(f"{type(self).__name__} must override environment_state or fill it in evaluate")
+        return env_state
 
     @abstractmethod
     def evaluate(self, s: BatchState) -> TaskEval:
         """Stage index, success and named dense reward terms of every env."""
+
+    def judge_compiled(self, s: BatchState, kernel, *inputs) -> TaskEval:
+        """Judge a batch with a compiled kernel: `kernel(*inputs, stage, success, terms, env_state)`
+        fills stage (N,) int64, success (N,) bool, terms (N, T) in `term_order` and the environment
+        state (N, D) float32 in one pass; the reward is their weighted sum. At one env, the ~20 numpy
+        calls of a plain judgement cost ~10% of a physics step; one compiled call costs ~1%."""
+        n = s.q.shape[0]
+        stage, success = np.empty(n, np.int64), np.empty(n, bool)
+        terms = np.empty((n, len(self.term_order)))
+        env_state = np.empty((n, len(self.environment_state_names)), np.float32)
+        kernel(*inputs, stage, success, terms, env_state)
+        return TaskEval(stage=stage, success=success,
+                        terms={name: terms[:, k] for k, name in enumerate(self.term_order)},
+                        reward=terms @ self._term_weights, environment_state=env_state)
 
     def reward(self, ev: TaskEval) -> np.ndarray:
         """(N,) weighted sum of the named dense terms."""

@@ -53,9 +53,9 @@ def _point_on_axis(pos, q, h, out):
 
 @numba.njit(cache=True, nogil=True)
 def judge_peg_insert(tcp, peg, peg_quat, hole, hole_quat, contact, peg_half_length, grasp_offset, hole_depth,
-                     insert_depth, hole_half_width, xy_tol, yaw_tol, weights, stage, success, terms, reward,
+                     insert_depth, hole_half_width, xy_tol, yaw_tol, stage, success, terms,
                      env_state):
-    """Stage, success, dense terms (columns in TERMS order), weighted reward and environment state of
+    """Stage, success, dense terms (columns in TERMS order) and environment state of
     every env, in one compiled pass.
 
     Geometry: the peg's bottom centre and its grasp point (`grasp_offset` below its top) lie on its
@@ -102,10 +102,6 @@ def judge_peg_insert(tcp, peg, peg_quat, hole, hole_quat, contact, peg_half_leng
         # push the peg down into the hole
         terms[e, 5] = min(max(depth / insert_depth, 0.0), 1.0) if inserted else 0.0
         terms[e, 6] = 1.0 if succeeded else 0.0
-        r = 0.0
-        for k in range(terms.shape[1]):
-            r += weights[k] * terms[e, k]
-        reward[e] = r
         # peg pose, hole pose, peg bottom -> hole, peg -> TCP
         for k in range(3):
             env_state[e, k] = peg[e, k]
@@ -183,6 +179,7 @@ class PegInsert(Task):
         "insert": 2.0,
         "success": 5.0,
     }
+    term_order = TERMS
     Options = PegInsertOptions
 
     def __init__(self, options=None):
@@ -230,7 +227,6 @@ class PegInsert(Task):
         self.yaw_tol = 0.5 * o.clearance / (2 * o.peg_half_width)
         # Centring tolerance of the align stage: half of the per-side play.
         self.xy_tol = o.clearance / 4
-        self._term_weights = np.array([self.reward_weights[t] for t in TERMS])  # in the kernel's column order
 
     # ---- scene -------------------------------------------------------------------------------
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -294,20 +290,12 @@ class PegInsert(Task):
                 + [f"hole_{c}" for c in xyz] + [f"hole_{c}" for c in quat]
                 + [f"peg_bottom_to_hole_{c}" for c in xyz] + [f"peg_to_tcp_{c}" for c in xyz])
 
-    def environment_state(self, s: BatchState):
-        return self.evaluate(s).environment_state
-
     def evaluate(self, s: BatchState) -> TaskEval:
-        o, n = self.options, s.q.shape[0]
-        stage, success = np.empty(n, np.int64), np.empty(n, bool)
-        terms, reward = np.empty((n, len(TERMS))), np.empty(n)
-        env_state = np.empty((n, 20), np.float32)
-        judge_peg_insert(s.tcp_pos, s.body_pos["peg"], s.body_quat["peg"], s.body_pos["hole"], s.body_quat["hole"],
-                         s.grasp_contact, o.peg_half_length, o.grasp_offset, o.hole_depth, o.insert_depth,
-                         self.hole_half_width, self.xy_tol, self.yaw_tol, self._term_weights, stage, success, terms,
-                         reward, env_state)
-        return TaskEval(stage=stage, success=success, terms={t: terms[:, k] for k, t in enumerate(TERMS)},
-                        reward=reward, environment_state=env_state)
+        o = self.options
+        return self.judge_compiled(
+            s, judge_peg_insert, s.tcp_pos, s.body_pos["peg"], s.body_quat["peg"], s.body_pos["hole"],
+            s.body_quat["hole"], s.grasp_contact, o.peg_half_length, o.grasp_offset, o.hole_depth, o.insert_depth,
+            self.hole_half_width, self.xy_tol, self.yaw_tol)
 
     def make_expert(self, num_envs, max_dpos, max_drot):
         return PegInsertExpert(self, num_envs, max_dpos, max_drot)

@@ -53,9 +53,9 @@ TERMS = ("reach", "grasp", "lift", "transport", "place", "success")  # column or
 
 @numba.njit(cache=True, nogil=True)
 def judge_pick_place(tcp, obj, obj_quat, bin_pos, contact, half_size, reach_distance, lift_height, carry_height,
-                     floor_top, wall_top, inner_half_x, inner_half_y, weights, stage, success, terms, reward,
+                     floor_top, wall_top, inner_half_x, inner_half_y, stage, success, terms,
                      env_state):
-    """Stage, success, dense terms (columns in TERMS order), weighted reward and environment state of
+    """Stage, success, dense terms (columns in TERMS order) and environment state of
     every env, in one compiled pass (at one env, the per-step cost of ~40 small numpy calls adds up).
 
     Stage = the stage being worked on: the last completed predicate + 1, checked from the top so that
@@ -104,10 +104,6 @@ def judge_pick_place(tcp, obj, obj_quat, bin_pos, contact, half_size, reach_dist
             terms[e, 3] = 1.0 - np.tanh(5.0 * xy_to_bin) if lifted else 0.0
         terms[e, 4] = 1.0 - np.tanh(10.0 * above_floor) if over_bin else 0.0
         terms[e, 5] = 1.0 if ok else 0.0
-        r = 0.0
-        for k in range(terms.shape[1]):
-            r += weights[k] * terms[e, k]
-        reward[e] = r
         for c in range(3):
             env_state[e, c] = obj[e, c]
             env_state[e, 7 + c] = bin_pos[e, c]
@@ -139,6 +135,7 @@ class PickPlace(Task):
     # Earlier terms are held at their maximum once a later stage is reached (ManiSkill's staged
     # dense rewards), so letting go of the cube in the bin never lowers the reward.
     reward_weights = {"reach": 1.0, "grasp": 0.5, "lift": 1.0, "transport": 1.5, "place": 1.5, "success": 3.0}
+    term_order = TERMS
     Options = PickPlaceOptions
 
     def __init__(self, options: dict[str, Any] | None = None):
@@ -158,7 +155,6 @@ class PickPlace(Task):
                 f"task option pick_place.object_half_size={o.object_half_size} must be in [0.005, 0.035] m "
                 "(the gripper opens to 0.08 m)"
             )
-        self._term_weights = np.array([self.reward_weights[t] for t in TERMS])  # in the kernel's column order
 
     # ---- scene -------------------------------------------------------------------------------
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -225,25 +221,18 @@ class PickPlace(Task):
                 "object_to_tcp_x", "object_to_tcp_y", "object_to_tcp_z",
                 "object_to_bin_x", "object_to_bin_y", "object_to_bin_z"]
 
-    def environment_state(self, s: BatchState) -> np.ndarray:
-        """(N, 16) float32: object pos (3) + quat (4), bin pos (3), tcp - object (3), bin - object (3)."""
-        return self.evaluate(s).environment_state
-
     def carry_height(self) -> float:
         """Height of the cube's underside above the table while carried over the wall top, m."""
         return self.bin_wall_top + self.options.carry_clearance
 
     def evaluate(self, s: BatchState) -> TaskEval:
-        o, n = self.options, s.q.shape[0]
-        stage, success = np.empty(n, np.int64), np.empty(n, bool)
-        terms, reward = np.empty((n, len(TERMS))), np.empty(n)
-        env_state = np.empty((n, 16), np.float32)  # environment_state_names
-        judge_pick_place(s.tcp_pos, s.body_pos["object"], s.body_quat["object"], s.body_pos["bin"], s.grasp_contact,
-                         o.object_half_size, o.reach_distance, o.lift_height, self.carry_height(), self.bin_floor_top,
-                         self.bin_wall_top, float(self.bin_inner_half[0]), float(self.bin_inner_half[1]),
-                         self._term_weights, stage, success, terms, reward, env_state)
-        return TaskEval(stage=stage, success=success, terms={t: terms[:, k] for k, t in enumerate(TERMS)},
-                        reward=reward, environment_state=env_state)
+        """environment_state (N, 16) float32: object pos (3) + quat (4), bin pos (3), tcp - object (3),
+        bin - object (3)."""
+        o = self.options
+        return self.judge_compiled(
+            s, judge_pick_place, s.tcp_pos, s.body_pos["object"], s.body_quat["object"], s.body_pos["bin"],
+            s.grasp_contact, o.object_half_size, o.reach_distance, o.lift_height, self.carry_height(),
+            self.bin_floor_top, self.bin_wall_top, float(self.bin_inner_half[0]), float(self.bin_inner_half[1]))
 
     def make_expert(self, num_envs: int, max_dpos: float, max_drot: float) -> PickPlaceExpert:
         return PickPlaceExpert(self, num_envs, max_dpos, max_drot)
