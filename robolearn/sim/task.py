@@ -99,6 +99,7 @@ class Task(ABC):
         self.options = parse_options(self.Options, options or {}, self.name)
         self._weights = np.fromiter(self.reward_weights.values(), float)
         self._term_weights = np.array([self.reward_weights[t] for t in self.term_order])
+        self._env_dim = len(self.environment_state_names)  # the names are static; judged every step
 
     # ---- scene -------------------------------------------------------------------------------
     @abstractmethod
@@ -143,7 +144,7 @@ class Task(ABC):
         n = s.q.shape[0]
         stage, success = np.empty(n, np.int64), np.empty(n, bool)
         terms = np.empty((n, len(self.term_order)))
-        env_state = np.empty((n, len(self.environment_state_names)), np.float32)
+        env_state = np.empty((n, self._env_dim), np.float32)
         kernel(*inputs, stage, success, terms, env_state)
         return TaskEval(stage=stage, success=success,
                         terms={name: terms[:, k] for k, name in enumerate(self.term_order)},

@@ -31,7 +31,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from robolearn.errors import ActionError, ConfigError
+from robolearn.errors import ActionError, ConfigError, UnknownNameError, did_you_mean
 from robolearn.hardware import load_robot
 from robolearn.sim._kernels import gather_state, write_ctrl
 from robolearn.sim.config import EnvConfig
@@ -379,6 +379,9 @@ class VecEnv(gym.vector.VectorEnv):
         """(N, H, W, 3) frames of one camera (default: the first configured one)."""
         if self.renderer is None:
             raise ConfigError("render() needs cameras; create the env with cameras=[front]")
+        if camera is not None and camera not in self.cfg.cameras:
+            raise UnknownNameError(f"camera {camera!r} is not rendered by this env; its cameras: "
+                                   f"{', '.join(self.cfg.cameras)}." + did_you_mean(camera, self.cfg.cameras))
         c = 0 if camera is None else self.cfg.cameras.index(camera)
         return np.stack([self.renderer.render(m, d, c)[0] for m, d in zip(self.models, self.datas)])
 

@@ -284,3 +284,12 @@ def test_make_env_builds_nested_configs_from_plain_dicts():
     with pytest.raises(ConfigError, match="randomization.physics.mass_scale"):
         make_env("lift", randomization={"physics": {"mass_scale": "heavy"}})
     env.close()
+
+
+def test_render_of_a_camera_the_env_does_not_render():
+    env = make_env("lift", cameras=["front"], image_size=(16, 16))
+    env.reset()
+    with pytest.raises(UnknownNameError, match=r"camera 'frnot' is not rendered.*front.*Did you mean 'front'"):
+        env.render("frnot")
+    assert env.render("front").shape == (1, 16, 16, 3)
+    env.close()
