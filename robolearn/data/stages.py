@@ -62,7 +62,7 @@ class StageAnnotation:
     def stage_ids(self, length: int, stage_names: list[str]) -> np.ndarray:
         """(length,) stage index per frame; frames between annotated stages take the previous stage."""
         out = np.zeros(length, np.int64)
-        for name, s, e in zip(self.names, self.start_frames, self.end_frames):
+        for name, s in zip(self.names, self.start_frames):
             out[s:] = stage_names.index(name)
         return out
 

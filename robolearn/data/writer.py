@@ -122,7 +122,7 @@ class DatasetWriter:
             raise DatasetError(f"{root} already exists and is not empty{hint}; choose another output directory")
         if int(fps) != fps or fps <= 0:
             raise DatasetError(f"fps={fps}: a LeRobot dataset needs a whole positive frame rate")
-        for key, ft in features.items():
+        for key in features:
             if "/" in key:
                 raise DatasetError(f"feature {key!r}: feature names cannot contain '/'")
             if key in DEFAULT_FEATURES:
