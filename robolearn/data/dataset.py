@@ -221,6 +221,9 @@ class DatasetReader:
         rows = meta.episode_rows
         self.lengths = np.array([int(r["length"]) for r in rows], np.int64)
         self.ep_from = np.array([int(r["dataset_from_index"]) for r in rows], np.int64)
+        tasks = meta.tasks
+        self.task_index = np.array([tasks.index(meta.task(e)) if meta.task(e) in tasks else 0
+                                    for e in range(len(rows))], np.int64)
         self.numeric_keys = [k for k, f in self.features.items() if not f.is_video and f.dtype != "string"]
         self.video_keys = meta.video_keys
         self._arrays = self._load_frames()

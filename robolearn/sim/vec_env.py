@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from copy import copy
+from copy import copy, deepcopy
 from pathlib import Path
 
 import gymnasium as gym
@@ -71,6 +71,15 @@ def check_action(actions, num_envs: int, dim: int, mode: str) -> np.ndarray:
 
 
 FINGER_BODIES = (PREFIX + "leftfinger", PREFIX + "rightfinger")
+
+
+def physics_state(m: mujoco.MjModel, d: mujoco.MjData) -> np.ndarray:
+    """The full integration state of one MjData (time, qpos, qvel, act, warm start, ctrl, mocap, ...):
+    everything the next mj_step depends on."""
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    out = np.empty(mujoco.mj_stateSize(m, spec))
+    mujoco.mj_getState(m, d, out, spec)
+    return out
 
 
 def grasp_sensor_name(side: int, geom: str) -> str:
@@ -177,6 +186,10 @@ class VecEnv(gym.vector.VectorEnv):
         self._act_hist = np.zeros((n, self.randomizer.max_latency + 1, self.single_action_space.shape[0]))
         self._rngs: list[np.random.Generator] = []
         self._seed(cfg.seed)
+        # what replaying an episode needs: per env, the RNG state its last reset drew from and the
+        # physics state that reset produced; and the physics state of episodes that ended this step
+        self.reset_states: list[dict | None] = [None] * n
+        self.final_physics_states: dict[int, np.ndarray] = {}
         self.state: BatchState | None = None
         self.closed = False
 
@@ -204,6 +217,7 @@ class VecEnv(gym.vector.VectorEnv):
 
     def _reset_env(self, i: int) -> None:
         m, d, rng = self.models[i], self.datas[i], self._rngs[i]
+        rng_state = deepcopy(rng.bit_generator.state)
         if self.randomizer.needs_model_copies:
             self.randomizer.apply(m, rng)
         mujoco.mj_resetData(m, d)
@@ -220,6 +234,15 @@ class VecEnv(gym.vector.VectorEnv):
         self.elapsed[i] = 0
         self._latency[i] = self.randomizer.draw_latency(rng) if self.randomizer.max_latency else 0
         self._act_hist[i] = self.controller.hold_action(q0[None])[0]
+        self.reset_states[i] = {"rng_state": rng_state, "physics_state": physics_state(m, d)}
+
+    def restore_reset(self, i: int, rng_state: dict) -> dict[str, np.ndarray]:
+        """Reset env `i` exactly as a recorded reset did (same randomization, same initial state),
+        from the RNG state saved in `reset_states[i]["rng_state"]`; returns the batch observation."""
+        self._rngs[i].bit_generator.state = deepcopy(rng_state)
+        self._reset_env(i)
+        self._gather()
+        return self._observe(self.task.evaluate(self.state))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Reset all envs, or those in `options["reset_mask"]` (gymnasium's partial reset)."""
@@ -283,9 +306,11 @@ class VecEnv(gym.vector.VectorEnv):
                                              self.cfg.terminate_on_success)
         done = terminated | truncated
         infos = self._infos(ev)
+        self.final_physics_states = {}
         if done.any():
             add_final_infos(infos, self._observe(ev), done)
             for i in np.flatnonzero(done):
+                self.final_physics_states[int(i)] = physics_state(self.models[i], self.datas[i])
                 self._reset_env(int(i))
             self._gather()
             ev = None  # judged before the reset: the new episodes' state is read from the task
