@@ -242,7 +242,8 @@ def _record(env, writer: DatasetWriter, cfg: CollectConfig, tqdm) -> None:
                 written += 1
                 successes += success
                 bar.update(1)
-                bar.set_postfix(success=f"{successes}/{written}", fps=f"{frames_total / (time.perf_counter() - t0):.0f}")
+                fps = frames_total / (time.perf_counter() - t0)
+                bar.set_postfix(success=f"{successes}/{written}", fps=f"{fps:.0f}")
                 if started < todo:
                     started += 1
                 else:

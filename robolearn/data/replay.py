@@ -60,7 +60,8 @@ def run(cfg: ReplayConfig) -> dict:
     try:
         ep = reader.episode(cfg.episode, keys=["observation.state", "action"])
         obs = env.restore_reset(0, info["reset"]["rng_state"])
-        init_div = float(np.abs(env.reset_states[0]["physics_state"] - np.asarray(info["reset"]["physics_state"])).max())
+        recorded_init = np.asarray(info["reset"]["physics_state"])
+        init_div = float(np.abs(env.reset_states[0]["physics_state"] - recorded_init).max())
         actions = ep["action"]
         states = [obs["observation.state"][0]]
         frames = [env.render(cfg.camera)[0]] if want_video else []
