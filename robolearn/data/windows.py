@@ -63,13 +63,21 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._ep)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int | list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """One window, or a whole batch when `i` is a list of indices (leading batch dimension);
+        `loader()` uses the batch form, which decodes and converts a batch at a time."""
+        if np.ndim(i) == 0:
+            return {k: v[0] for k, v in self._windows(np.array([int(i)])).items()}
+        return self._windows(np.asarray(i, np.int64))
+
+    def _windows(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         r = self.reader
-        ep, t = int(self._ep[i]), int(self._frame[i])
-        n = int(r.lengths[ep])
-        base = int(r.offsets[ep])
-        obs_idx = t + self._obs_delta
-        act_idx = t + self._act_delta
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"window index out of range 0..{len(self) - 1}")
+        ep, t = self._ep[idx], self._frame[idx]
+        n, base = r.lengths[ep][:, None], r.offsets[ep][:, None]
+        obs_idx = t[:, None] + self._obs_delta  # (B, n_obs)
+        act_idx = t[:, None] + self._act_delta  # (B, horizon)
         obs_pad = (obs_idx < 0) | (obs_idx >= n)
         act_pad = (act_idx < 0) | (act_idx >= n)
         obs_idx = np.clip(obs_idx, 0, n - 1)
@@ -78,19 +86,37 @@ class WindowDataset(torch.utils.data.Dataset):
         obs_pad_t = torch.from_numpy(obs_pad)
         for k in self.obs_keys:
             if k in self.video_keys:
-                uniq, inv = np.unique(obs_idx, return_inverse=True)
-                frames = r.video_frames(k, ep, uniq)[inv]  # (n_obs, H, W, 3) uint8
-                out[k] = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+                out[k] = self._video(k, ep, obs_idx)
             else:
                 out[k] = torch.from_numpy(r.numeric(k, base + obs_idx).astype(np.float32, copy=False))
             out[f"{k}_is_pad"] = obs_pad_t
-        out[self.action_key] = torch.from_numpy(r.numeric(self.action_key, base + act_idx).astype(np.float32,
-                                                                                                   copy=False))
+        act = r.numeric(self.action_key, base + act_idx)
+        out[self.action_key] = torch.from_numpy(act.astype(np.float32, copy=False))
         out[f"{self.action_key}_is_pad"] = torch.from_numpy(act_pad)
         for k in self.extra_keys:
-            out[k] = torch.from_numpy(np.asarray(r.numeric(k, base + t)))
-        out["episode_index"] = torch.tensor(ep)
-        out["frame_index"] = torch.tensor(t)
-        out["index"] = torch.tensor(int(r.ep_from[ep]) + t)
-        out["task_index"] = torch.tensor(int(r.task_index[ep]))
+            out[k] = torch.from_numpy(np.asarray(r.numeric(k, base[:, 0] + t)))
+        out["episode_index"] = torch.from_numpy(ep.copy())
+        out["frame_index"] = torch.from_numpy(t.copy())
+        out["index"] = torch.from_numpy(r.ep_from[ep] + t)
+        out["task_index"] = torch.from_numpy(r.task_index[ep])
         return out
+
+    def _video(self, key: str, ep: np.ndarray, frames: np.ndarray) -> torch.Tensor:
+        """(B, n_obs, 3, H, W) float in [0, 1]. Windows are decoded in (episode, frame) order, so
+        neighbouring windows of a batch continue one decode instead of seeking again."""
+        h, w, _ = self.reader.features[key].shape
+        buf = np.empty((len(ep), frames.shape[1], h, w, 3), np.uint8)
+        for b in np.lexsort((frames[:, 0], ep)):
+            uniq, inv = np.unique(frames[b], return_inverse=True)
+            buf[b] = self.reader.video_frames(key, int(ep[b]), uniq)[inv]
+        return torch.from_numpy(buf).permute(0, 1, 4, 2, 3).float().div_(255.0)
+
+    def loader(self, batch_size: int = 64, shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
+               seed: int | None = None, **kwargs) -> torch.utils.data.DataLoader:
+        """A DataLoader that fetches whole batches (one `__getitem__` call per batch)."""
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        base = RandomSampler(self, generator=gen) if shuffle else SequentialSampler(self)
+        return DataLoader(self, sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
+                          num_workers=num_workers, persistent_workers=num_workers > 0, **kwargs)
