@@ -1,0 +1,1 @@
+"""Converters from other robot-learning dataset formats into the LeRobot v3 layout of `robolearn.data`."""
