@@ -127,6 +127,11 @@ class DatasetWriter:
                 raise DatasetError(f"feature {key!r}: feature names cannot contain '/'")
             if key in DEFAULT_FEATURES:
                 raise DatasetError(f"feature {key!r} is written by the recorder itself; drop it from the features")
+            ft = features[key]
+            if ft.is_video and (len(ft.shape) != 3 or ft.shape[2] != 3 or ft.shape[0] % 2 or ft.shape[1] % 2):
+                # refused here, not at the first add_episode, which would leave files behind on every try
+                raise DatasetError(f"camera {key!r}: shape {ft.shape} cannot be stored as yuv420p video; declare it "
+                                   "as (height, width, 3) with an even height and width")
         video = video or VideoOptions()
         feats = {}
         for key, ft in features.items():
