@@ -268,12 +268,21 @@ class DatasetReader:
                     raise DatasetError(f"{path}: column {key!r} declared in meta/info.json is missing from the "
                                        f"frame table (it has {sorted(cols)})")
             index = table.column("index").to_numpy()
+            # the rows' own episode_index, where there is one: a length or dataset_from_index too big would
+            # otherwise take the next episode's rows for this one's, silently
+            owner = table.column("episode_index").to_numpy() if "episode_index" in cols else None
+            counts = dict(zip(*np.unique(owner, return_counts=True))) if owner is not None else {}
             for ep in eps:
                 lo, n = int(self.ep_from[ep]), int(self.lengths[ep])
                 sel = np.flatnonzero((index >= lo) & (index < lo + n))
-                if len(sel) != n:
-                    raise DatasetError(f"{path}: episode {ep} has {len(sel)} frames in the frame table but its "
+                have = len(sel) if owner is None else int(counts.get(ep, 0))
+                if len(sel) != n or have != n:
+                    raise DatasetError(f"{path}: episode {ep} has {have} frames in the frame table but its "
                                        f"meta/episodes row says length={n}; the data and metadata disagree")
+                if owner is not None and (owner[sel] != ep).any():
+                    raise DatasetError(f"{path}: rows index {lo}..{lo + n - 1} (dataset_from_index={lo} and length={n} "
+                                       f"of episode {ep} in meta/episodes) hold episode_index "
+                                       f"{sorted(set(owner[sel].tolist()))}; the data and metadata disagree")
                 sel = sel[np.argsort(index[sel], kind="stable")]
                 dst = slice(offsets[ep], offsets[ep] + n)
                 for key in self.numeric_keys:
