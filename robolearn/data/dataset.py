@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from robolearn.data.format import (
@@ -367,6 +368,13 @@ def _column_to_numpy(col: pa.ChunkedArray, ft: Feature, path: Path, key: str) ->
     depth = 0
     while pa.types.is_list(values.type) or pa.types.is_fixed_size_list(values.type) or \
             pa.types.is_large_list(values.type):
+        if not pa.types.is_fixed_size_list(values.type) and len(values):
+            # variable-length lists (HF datasets' Sequence): ragged rows could add up to T * D values
+            # and be silently reshaped across frames
+            lo, hi = pc.min_max(pc.list_value_length(values)).values()
+            if lo != hi:
+                raise DatasetError(f"{path}: column {key!r} has rows of {lo.as_py()} to {hi.as_py()} values, but "
+                                   f"meta/info.json declares shape {list(ft.shape)} for every frame")
         values = values.flatten()
         depth += 1
     flat = values.to_numpy(zero_copy_only=False)
