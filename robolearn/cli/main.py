@@ -39,13 +39,15 @@ class Flag:
     """A verb-specific option: a shorthand for one config key, or (field=None) a switch for `show`."""
 
     option: str
-    """the option string, e.g. --json"""
+    """the option string, e.g. --json; a name without dashes is a positional argument (e.g. dataset)"""
     help: str
     """one line for --help"""
     field: str | None = None
     """dotted config key the option sets; None keeps the value in the parsed args for `Verb.show`"""
     metavar: str | None = None
     """takes a value when set (e.g. FILE); a switch that sets true otherwise"""
+    yaml: bool = False
+    """the value is YAML (a number, a list), not a string taken literally"""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,26 @@ def _show_tasks(tasks: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(format_tasks(tasks))
 
 
+def _show_info(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from robolearn.data.info import format_info
+
+    print(json.dumps(result, indent=2) if args.json else format_info(result))
+
+
+def _show_replay(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from robolearn.data.replay import format_result
+
+    print(format_result(result))
+
+
+def _show_path(result: Any, args: argparse.Namespace) -> None:
+    print(f"wrote {result}")
+
+
+_OUT = Flag("--out", "output dataset directory (sets out)", field="out", metavar="DIR")
+_DATASET = Flag("--dataset", "dataset directory (sets dataset)", field="dataset", metavar="DIR")
+
+
 # ------------------------------------------------------------------------------------------------
 # the verbs; a verb name with a space ("bench sim") is a sub-verb
 
@@ -140,6 +162,65 @@ VERBS: dict[str, Verb] = {
         preset_group="bench",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
+    "collect": Verb(
+        "record scripted-expert episodes of a task into a LeRobot-layout dataset",
+        "robolearn.data.collect",
+        config="CollectConfig",
+        preset_group="collect",
+        flags=(Flag("--task", "task name (sets task)", field="task", metavar="NAME"),
+               Flag("--episodes", "episodes to record (sets episodes)", field="episodes", metavar="N", yaml=True),
+               _OUT,
+               Flag("--resume", "append to the dataset at --out (sets resume=true)", field="resume")),
+        show=_show_path,
+    ),
+    "info": Verb(
+        "show a dataset's features, episodes, tasks, stages and success labels",
+        "robolearn.data.info",
+        config="InfoConfig",
+        flags=(Flag("dataset", "dataset directory", field="dataset", metavar="DIR"),
+               Flag("--verify", "also check every frame table and video (sets verify=true)", field="verify"),
+               Flag("--json", "print the summary as JSON")),
+        show=_show_info,
+    ),
+    "replay": Verb(
+        "re-execute a recorded episode's actions in sim and report the state divergence",
+        "robolearn.data.replay",
+        config="ReplayConfig",
+        flags=(_DATASET,
+               Flag("--episode", "episode index (sets episode)", field="episode", metavar="N", yaml=True),
+               Flag("--video", "write the replay (beside the recording) to FILE.mp4", field="video", metavar="FILE")),
+        show=_show_replay,
+    ),
+    "annotate": Verb(
+        "set the stage annotations of a dataset's episodes from a JSON or CSV file",
+        "robolearn.data.info",
+        function="annotate",
+        config="AnnotateConfig",
+        flags=(_DATASET, Flag("--file", "annotation file (sets file)", field="file", metavar="FILE")),
+        show=lambda r, a: print(f"annotated {len(r['annotated'])} episodes of {r['dataset']}"),
+    ),
+    "convert robomimic": Verb(
+        "convert robomimic / robosuite HDF5 demonstrations into a LeRobot-layout dataset",
+        "robolearn.data.convert.robomimic",
+        config="RobomimicConvertConfig",
+        flags=(Flag("file", "the HDF5 file", field="file", metavar="FILE.hdf5"), _OUT),
+        show=_show_path,
+    ),
+    "convert rosbag": Verb(
+        "convert a rosbag2 recording (MCAP or sqlite3) into a LeRobot-layout dataset",
+        "robolearn.data.convert.rosbag",
+        config="RosbagConvertConfig",
+        flags=(Flag("bag", "the rosbag2 directory", field="bag", metavar="BAG"), _OUT,
+               Flag("--config", "topic mapping YAML (sets config)", field="config", metavar="FILE")),
+        show=_show_path,
+    ),
+    "bench data": Verb(
+        "measure dataset recording and training-window loading throughput against HDF5",
+        "robolearn.data.bench",
+        config="DataBenchConfig",
+        preset_group="bench",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
+    ),
     "demo": Verb(
         "run the end-to-end demo pipeline on a simulated task",
         "robolearn.demo",
@@ -149,7 +230,10 @@ VERBS: dict[str, Verb] = {
     ),
 }
 
-GROUP_HELP = {"bench": "benchmarks that print a table and write JSON"}
+GROUP_HELP = {
+    "bench": "benchmarks that print a table and write JSON",
+    "convert": "convert recorded demonstrations (robomimic HDF5, rosbag2) into a LeRobot-layout dataset",
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,7 +315,9 @@ def _add_verb_arguments(sub: argparse.ArgumentParser, verb: Verb) -> None:
         sub.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     for flag in verb.flags:
         dest = flag.option.lstrip("-").replace("-", "_")
-        if flag.metavar:
+        if not flag.option.startswith("-"):
+            sub.add_argument(dest, metavar=flag.metavar or dest.upper(), help=flag.help)
+        elif flag.metavar:
             sub.add_argument(flag.option, dest=dest, metavar=flag.metavar, help=flag.help)
         else:
             sub.add_argument(flag.option, dest=dest, action="store_true", help=flag.help)
@@ -247,7 +333,8 @@ def _overrides(args: argparse.Namespace, extra: list[str], verb: Verb) -> list[s
             continue
         value = getattr(args, flag.option.lstrip("-").replace("-", "_"))
         if flag.metavar and value is not None:
-            out.append(f"{flag.field}={json.dumps(value)}")  # JSON strings are YAML: any path survives
+            # JSON strings are YAML: any path survives; a yaml flag's value is parsed (numbers, lists)
+            out.append(f"{flag.field}={value if flag.yaml else json.dumps(value)}")
         elif not flag.metavar and value:
             out.append(f"{flag.field}=true")
     return out

@@ -51,7 +51,9 @@ class DatasetMeta:
     robolearn: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: str | Path, include_uncommitted: bool = False) -> DatasetMeta:
+    def load(cls, root: str | Path, include_uncommitted: bool = False, with_stats: bool = False) -> DatasetMeta:
+        """Read and check `meta/`. include_uncommitted: also the episode rows past total_episodes (a
+        recorder died committing them); with_stats: keep the per-episode stats/* columns."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: no such dataset directory")
@@ -84,7 +86,7 @@ class DatasetMeta:
                                    "reads camera streams from videos only. Re-encode it as video with LeRobot")
 
         tasks = _load_tasks(root / TASKS_PATH) if info["total_episodes"] else []
-        rows = _load_episode_rows(root, info, features)
+        rows = _load_episode_rows(root, info, features, with_stats)
         n = int(info["total_episodes"])
         if len(rows) < n:
             raise DatasetError(f"{root / EPISODES_DIR}: {len(rows)} episode rows, but info.json says "
@@ -99,6 +101,10 @@ class DatasetMeta:
         if (root / STATS_PATH).is_file():
             raw = read_json(root / STATS_PATH, "")
             stats = {k: {s: np.asarray(v, np.float64) for s, v in d.items()} for k, d in raw.items()}
+        counts = {int(np.ravel(d["count"])[0]) for d in (stats or {}).values() if "count" in d}
+        if n and counts != {total}:
+            # a recorder died between rewrites of stats.json: merge the committed episodes' own stats
+            stats = _merge_episode_stats(root, info, features, n) or stats
         extra = read_json(root / ROBOLEARN_META_PATH, "") if (root / ROBOLEARN_META_PATH).is_file() else {}
         return cls(root, info, features, tasks, rows, stats, extra)
 
@@ -160,6 +166,23 @@ class DatasetMeta:
                                                           file_index=int(row[f"videos/{key}/file_index"]))
 
 
+def _merge_episode_stats(root: Path, info: dict, features: dict[str, Feature], n: int) -> dict | None:
+    from robolearn.data.stats import RunningStats
+
+    rows = _load_episode_rows(root, info, features, with_stats=True)[:n]
+    merged = RunningStats()
+    for r in rows:
+        per: dict[str, dict[str, np.ndarray]] = {}
+        for name, v in r.items():
+            if name.startswith("stats/") and v is not None:
+                key, stat = name[len("stats/"):].rsplit("/", 1)
+                per.setdefault(key, {})[stat] = np.asarray(v, np.float64)
+        if not per:
+            return None  # no per-episode stats in this dataset: keep what stats.json says
+        merged.update(per)
+    return merged.result()
+
+
 def _load_tasks(path: Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path} is missing; every LeRobot dataset lists its task strings there")
@@ -181,7 +204,7 @@ def _load_tasks(path: Path) -> list[str]:
     return out
 
 
-def _load_episode_rows(root: Path, info: dict, features: dict[str, Feature]) -> list[dict]:
+def _load_episode_rows(root: Path, info: dict, features: dict[str, Feature], with_stats: bool = False) -> list[dict]:
     files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
     if not files:
         if int(info["total_episodes"]) == 0:
@@ -198,9 +221,9 @@ def _load_episode_rows(root: Path, info: dict, features: dict[str, Feature]) -> 
         missing = [k for k in need if k not in t.column_names]
         if missing:
             raise DatasetError(f"{f}: missing episode columns {missing}")
-        keep = [c for c in t.column_names if not c.startswith("stats/")]
-        rows.extend(t.select(keep).to_pylist())
         # per-episode stats are read only when asked for (they are most of the bytes)
+        keep = [c for c in t.column_names if with_stats or not c.startswith("stats/")]
+        rows.extend(t.select(keep).to_pylist())
     rows.sort(key=lambda r: r["episode_index"])
     for i, r in enumerate(rows):
         if r["episode_index"] != i:

@@ -41,6 +41,21 @@ def episode_stats(values: np.ndarray, is_image: bool = False, max_image_samples:
     return {k: (v.reshape(shape) if k != "count" else v) for k, v in s.items()}
 
 
+def numeric_episode_stats(columns: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """`episode_stats` of many numeric features of one episode at once: one quantile pass over all
+    their columns side by side instead of one per feature (most of the cost at short episodes)."""
+    keys = list(columns)
+    flat = [np.asarray(columns[k], np.float64).reshape(len(columns[k]), -1) for k in keys]
+    s = _stats(np.concatenate(flat, axis=1))
+    out, col = {}, 0
+    for k, f in zip(keys, flat):
+        shape = np.asarray(columns[k]).shape[1:] or (1,)
+        w = f.shape[1]
+        out[k] = {name: (v[col:col + w].reshape(shape) if name != "count" else v) for name, v in s.items()}
+        col += w
+    return out
+
+
 def _stats(x: np.ndarray) -> dict[str, np.ndarray]:
     qs = np.quantile(x, QUANTILES, axis=0)
     out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}

@@ -4,8 +4,11 @@ Commit protocol of `add_episode` (each file is written to a temp name and rename
 file is always either its old or its new version):
   1. the episode's frame table, as its own data file, and each camera's video, as its own mp4;
   2. meta/tasks.parquet when the episode brings a new task;
-  3. meta/episodes (every row, rewritten), then meta/stats.json;
-  4. meta/info.json with the new totals: the commit point. Readers see the first
+  3. meta/episodes (every row, rewritten);
+  4. meta/info.json with the new totals: the commit point.
+meta/stats.json and meta/temporal_proportions_sparse.json are derived from meta/episodes (each row
+keeps its episode's stats, as in LeRobot) and are rewritten on `close()`, on `open()`, and every
+`derived_every` episodes; a reader that finds them behind the episodes recomputes them. Readers see the first
      `total_episodes` rows of meta/episodes; a row past them is an episode that was being committed
      when the process died, and `DatasetWriter.open` removes it with its files.
 `close()` then packs the one-episode files into many-episode files (`data_files_size_in_mb`,
@@ -52,7 +55,7 @@ from robolearn.data.format import (
     to_jsonable,
 )
 from robolearn.data.stages import StageAnnotation, temporal_proportions
-from robolearn.data.stats import RunningStats, episode_stats
+from robolearn.data.stats import RunningStats, episode_stats, numeric_episode_stats
 from robolearn.data.video import VideoOptions, concat_videos, encode_episode
 
 _FILE_RE = re.compile(r"chunk-(\d{3,})/file-(\d{3,})\.(parquet|mp4)$")
@@ -100,6 +103,8 @@ class DatasetWriter:
                  video: VideoOptions, fsync: bool):
         self.root, self.info, self.episodes, self.tasks = root, info, episodes, tasks
         self.extra_meta, self.video, self.fsync = extra_meta, video, fsync
+        self.derived_every = 25  # episodes between rewrites of stats.json and temporal proportions
+        self._table: pa.Table | None = None  # meta/episodes as last written
         self.features = {k: Feature.from_json(k, v, str(root / INFO_PATH)) for k, v in info["features"].items()
                          if k not in DEFAULT_FEATURES}
         self.video_keys = [k for k, f in self.features.items() if f.is_video]
@@ -171,7 +176,7 @@ class DatasetWriter:
         from robolearn.data.dataset import DatasetMeta
 
         root = Path(root)
-        meta = DatasetMeta.load(root, include_uncommitted=True)
+        meta = DatasetMeta.load(root, include_uncommitted=True, with_stats=True)
         n = meta.info["total_episodes"]
         episodes = [dict(r) for r in meta.episode_rows[:n]]  # rows past total_episodes never committed
         extra = meta.robolearn
@@ -192,7 +197,7 @@ class DatasetWriter:
                     f.unlink()
         if uncommitted:
             self._write_episodes_meta()
-        self._write_stats()
+        self._write_derived()
         self._next_file = {kind: self._scan_next_file(kind) for kind in ["data", *self.video_keys]}
 
     # ---- appending ---------------------------------------------------------------------------
@@ -231,9 +236,10 @@ class DatasetWriter:
             row.update({f"videos/{key}/chunk_index": c, f"videos/{key}/file_index": f,
                         f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": t / self.fps})
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
-        stats = {k: episode_stats(np.asarray(v), is_image=self.features[k].is_video)
-                 for k, v in frames.items()}
-        stats.update(self._default_stats(ep, start, t, self.tasks.index(record.task)))
+        numeric = {k: v for k, v in frames.items() if not self.features[k].is_video}
+        numeric.update(self._default_columns(ep, start, t, self.tasks.index(record.task)))
+        stats = numeric_episode_stats(numeric)
+        stats.update({k: episode_stats(np.asarray(frames[k]), is_image=True) for k in self.video_keys})
         for key, s in stats.items():
             for name, v in s.items():
                 row[f"stats/{key}/{name}"] = np.asarray(v).tolist()
@@ -242,9 +248,10 @@ class DatasetWriter:
         row["robolearn/info"] = json.dumps(to_jsonable(record.info))
         # 2-4. metadata; info.json last: the commit point
         self.episodes.append(row)
-        self._write_episodes_meta()
+        self._write_episodes_meta(appended=row)
         self._stats.update(stats)
-        self._write_stats()
+        if (ep + 1) % self.derived_every == 0:
+            self._write_derived()
         self.info["total_episodes"] = ep + 1
         self.info["total_frames"] = start + t
         self.info["total_tasks"] = len(self.tasks)
@@ -289,11 +296,23 @@ class DatasetWriter:
         cols["task_index"] = pa.array(np.full(t, task_index, np.int64))
         return pa.table(cols)
 
-    def _default_stats(self, ep: int, start: int, t: int, task_index: int) -> dict:
-        idx = np.arange(t, dtype=np.float64)
-        cols = {"timestamp": idx / self.fps, "frame_index": idx, "episode_index": np.full(t, ep, np.float64),
-                "index": idx + start, "task_index": np.full(t, task_index, np.float64)}
-        return {k: episode_stats(v[:, None]) for k, v in cols.items()}
+    def _default_columns(self, ep: int, start: int, t: int, task_index: int) -> dict[str, np.ndarray]:
+        idx = np.arange(t, dtype=np.float64)[:, None]
+        return {"timestamp": idx / self.fps, "frame_index": idx, "episode_index": np.full((t, 1), ep, np.float64),
+                "index": idx + start, "task_index": np.full((t, 1), task_index, np.float64)}
+
+    def set_stages(self, annotations: dict[int, StageAnnotation]) -> None:
+        """Replace the stage annotations of some episodes (all checked before anything is written)."""
+        known = self.extra_meta.get("stages") or None
+        for ep, ann in annotations.items():
+            if not 0 <= ep < len(self.episodes):
+                raise DatasetError(f"{self.root}: cannot annotate episode {ep}; the dataset has episodes "
+                                   f"0..{len(self.episodes) - 1}")
+            ann.validate(int(self.episodes[ep]["length"]), f"episode {ep} stage annotation", known)
+        for ep, ann in annotations.items():
+            self.episodes[ep].update(_stage_columns(ann, self.fps))
+        self._write_episodes_meta()
+        self._write_derived()
 
     # ---- files -------------------------------------------------------------------------------
     def _rel(self, kind: str, row: dict) -> str:
@@ -334,11 +353,24 @@ class DatasetWriter:
         df.to_parquet(buf)
         atomic_write_bytes(self.root / TASKS_PATH, buf.getvalue(), self.fsync)
 
-    def _write_episodes_meta(self) -> None:
+    def _write_episodes_meta(self, appended: dict | None = None) -> None:
+        """Rewrite meta/episodes; `appended`: only that row is new (converted alone, not every row)."""
+        if appended is not None and self._table is not None:
+            new = pa.Table.from_pylist([appended])
+            table = pa.concat_tables([self._table, new], promote_options="permissive")
+        else:
+            table = pa.Table.from_pylist(self.episodes)
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(self.episodes), buf)
+        # ~140 small columns (per-episode stats): dictionaries and column statistics would double the
+        # time of this per-episode rewrite and buy nothing for a file that is read whole
+        pq.write_table(table, buf, use_dictionary=False, write_statistics=False)
         atomic_write_bytes(self.root / EPISODES_PATH.format(chunk_index=0, file_index=0), buf.getvalue(),
                            self.fsync)
+        self._table = table
+
+    def _write_derived(self) -> None:
+        """meta/stats.json and the stage prior (meta/temporal_proportions_sparse.json)."""
+        atomic_write_json(self.root / STATS_PATH, to_jsonable(self._stats.result()), self.fsync)
         anns = [(_row_stages(r), r["length"]) for r in self.episodes]
         anns = [(a, n) for a, n in anns if a is not None]
         if anns:
@@ -347,15 +379,13 @@ class DatasetWriter:
             atomic_write_json(self.root / "meta" / f"temporal_proportions_{SUBTASK_PREFIX[:-1]}.json",
                               temporal_proportions(anns, names), self.fsync)
 
-    def _write_stats(self) -> None:
-        atomic_write_json(self.root / STATS_PATH, to_jsonable(self._stats.result()), self.fsync)
-
     # ---- packing and closing -----------------------------------------------------------------
     def close(self) -> None:
         """Pack one-episode files into many-episode files (see the module docstring)."""
         if self.closed:
             return
         self.closed = True
+        self._write_derived()
         counts: dict[str, int] = {}
         for row in self.episodes:
             counts[self._rel("data", row)] = counts.get(self._rel("data", row), 0) + 1
