@@ -7,8 +7,9 @@ auto-resets into the next episode. Datasets can be imperfect on purpose:
   executed (the recorded action is the executed one);
 - a `failure_fraction` of the episodes get an injected failure, drawn per episode:
   `drop` opens the gripper for good a few steps after the first grasp, `stall` freezes the arm
-  (zero action, gripper held) from a random step on. They are labelled success=False unless the task
-  succeeded anyway, and the episode info names the failure and the step it began.
+  (zero action, gripper held) from a random step on. An episode's success label is what the task
+  judged; its info names the failure and the step it began (a failure drawn for an episode that
+  ended before it could begin is not recorded).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class _Failures:
         if self.rng.random() < self.cfg.failure_fraction:
             self.mode[i] = self.cfg.failure_modes[self.rng.integers(len(self.cfg.failure_modes))]
             self.delay[i] = self.rng.integers(2, 9)  # drop: steps after the first grasp
-            self.stall_at[i] = self.rng.integers(max(1, max_steps // 10), max(2, max_steps // 2))
+            self.stall_at[i] = self.rng.integers(2, max(3, max_steps // 4))
 
     def apply(self, action: np.ndarray, t: np.ndarray, grasped: np.ndarray, grasp_step: np.ndarray) -> np.ndarray:
         """Overwrite the actions of envs whose failure is under way (ee-delta actions, in place)."""
@@ -229,7 +230,7 @@ def _record(env, writer: DatasetWriter, cfg: CollectConfig, tqdm) -> None:
             for i in np.flatnonzero(done & active):
                 b = buffers[i]
                 success = bool(info["success"][i])
-                mode = failures.mode[i]
+                mode = failures.mode[i] if failures.start[i] >= 0 else ""  # drawn and actually begun
                 ep_info = {
                     "seed": int(env.cfg.seed), "env_index": int(i), "reset": reset_info[i],
                     "final_physics_state": env.final_physics_states[i], "steps": int(t[i]),

@@ -392,7 +392,6 @@ class DatasetWriter:
         loose = [i for i, r in enumerate(self.episodes) if counts[self._rel("data", r)] == 1]
         if len(loose) < 2:
             return
-        old = {self._rel(k, self.episodes[i]) for i in loose for k in ["data", *self.video_keys]}
         rows = [dict(r) for r in self.episodes]
         # group consecutive loose episodes under the size limits
         groups, cur, size = [], [], {"data": 0.0, **dict.fromkeys(self.video_keys, 0.0)}
@@ -406,9 +405,9 @@ class DatasetWriter:
             cur.append(i)
             size = {k: size[k] + sz[k] for k in size}
         groups.append(cur)
+        groups = [g for g in groups if len(g) >= 2]  # a lone episode stays in its own file
+        old = {self._rel(k, self.episodes[i]) for g in groups for i in g for k in ["data", *self.video_keys]}
         for g in groups:
-            if len(g) < 2:
-                continue
             c, f = self._alloc("data")
             tables = [pq.read_table(self.root / self._rel("data", rows[i])) for i in g]
             buf = io.BytesIO()
