@@ -218,7 +218,6 @@ VERBS: dict[str, Verb] = {
         "measure dataset recording and training-window loading throughput against HDF5",
         "robolearn.data.bench",
         config="DataBenchConfig",
-        preset_group="bench",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
     "demo": Verb(

@@ -31,10 +31,9 @@ def episode_stats(values: np.ndarray, is_image: bool = False, max_image_samples:
         idx = np.unique(np.linspace(0, t - 1, min(t, max_image_samples)).round().astype(int))
         frames = values[idx]
         step = -(-max(frames.shape[1:3]) // 32)
-        px = frames[:, ::step, ::step].reshape(-1, 3).astype(np.float64) / 255.0
-        s = _stats(px)
-        s = {k: (v.reshape(3, 1, 1) if k != "count" else np.array([t])) for k, v in s.items()}
-        return s
+        px = frames[:, ::step, ::step].reshape(-1, 3)
+        s = _uint8_stats(px)
+        return {k: (v.reshape(3, 1, 1) if k != "count" else np.array([t])) for k, v in s.items()}
     x = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     s = _stats(x)
     shape = values.shape[1:] or (1,)
@@ -53,6 +52,24 @@ def numeric_episode_stats(columns: dict[str, np.ndarray]) -> dict[str, dict[str,
         w = f.shape[1]
         out[k] = {name: (v[col:col + w].reshape(shape) if name != "count" else v) for name, v in s.items()}
         col += w
+    return out
+
+
+def _uint8_stats(px: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel statistics of (N, 3) uint8 pixels, scaled to [0, 1], from a 256-bin histogram
+    (exact, and ~10x cheaper than sorting)."""
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    hist = np.stack([np.bincount(px[:, c], minlength=256) for c in range(px.shape[1])]).astype(np.float64)
+    n = hist.sum(1)
+    mean = hist @ levels / n
+    var = hist @ levels**2 / n - mean**2
+    cdf = np.cumsum(hist, axis=1)
+    out = {"min": np.array([levels[np.flatnonzero(h)[0]] for h in hist]),
+           "max": np.array([levels[np.flatnonzero(h)[-1]] for h in hist]),
+           "mean": mean, "std": np.sqrt(np.maximum(var, 0.0)), "count": np.array([int(n[0])])}
+    for key, q in zip(QUANTILE_KEYS, QUANTILES):
+        # the lower empirical quantile (the smallest level whose CDF reaches q of the pixels)
+        out[key] = np.array([levels[np.searchsorted(cdf[c], q * n[c])] for c in range(len(hist))])
     return out
 
 

@@ -39,6 +39,7 @@ from robolearn.data.format import (
     DEFAULT_DATA_FILE_SIZE_IN_MB,
     DEFAULT_FEATURES,
     DEFAULT_VIDEO_FILE_SIZE_IN_MB,
+    EPISODES_DIR,
     EPISODES_PATH,
     FORMAT_VERSION,
     INFO_PATH,
@@ -58,6 +59,7 @@ from robolearn.data.stages import StageAnnotation, temporal_proportions
 from robolearn.data.stats import RunningStats, episode_stats, numeric_episode_stats
 from robolearn.data.video import VideoOptions, concat_videos, encode_episode
 
+META_ROWS = 100  # episodes per meta/episodes file
 _FILE_RE = re.compile(r"chunk-(\d{3,})/file-(\d{3,})\.(parquet|mp4)$")
 
 
@@ -104,7 +106,8 @@ class DatasetWriter:
         self.root, self.info, self.episodes, self.tasks = root, info, episodes, tasks
         self.extra_meta, self.video, self.fsync = extra_meta, video, fsync
         self.derived_every = 25  # episodes between rewrites of stats.json and temporal proportions
-        self._table: pa.Table | None = None  # meta/episodes as last written
+        self._table: pa.Table | None = None  # the meta/episodes file last written, and its number
+        self._table_file = -1
         self.features = {k: Feature.from_json(k, v, str(root / INFO_PATH)) for k, v in info["features"].items()
                          if k not in DEFAULT_FEATURES}
         self.video_keys = [k for k, f in self.features.items() if f.is_video]
@@ -235,7 +238,8 @@ class DatasetWriter:
                 _fsync(path)
             row.update({f"videos/{key}/chunk_index": c, f"videos/{key}/file_index": f,
                         f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": t / self.fps})
-        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = chunk_file(ep // META_ROWS,
+                                                                                       self.info["chunks_size"])
         numeric = {k: v for k, v in frames.items() if not self.features[k].is_video}
         numeric.update(self._default_columns(ep, start, t, self.tasks.index(record.task)))
         stats = numeric_episode_stats(numeric)
@@ -354,19 +358,35 @@ class DatasetWriter:
         atomic_write_bytes(self.root / TASKS_PATH, buf.getvalue(), self.fsync)
 
     def _write_episodes_meta(self, appended: dict | None = None) -> None:
-        """Rewrite meta/episodes; `appended`: only that row is new (converted alone, not every row)."""
-        if appended is not None and self._table is not None:
+        """Rewrite meta/episodes: files of `META_ROWS` episodes each, so that committing an episode
+        rewrites one small file; `appended`: only that row is new (the others are not converted again)."""
+        size = self.info["chunks_size"]
+        if appended is not None:
+            k = appended["episode_index"] // META_ROWS
             new = pa.Table.from_pylist([appended])
-            table = pa.concat_tables([self._table, new], promote_options="permissive")
-        else:
-            table = pa.Table.from_pylist(self.episodes)
+            if self._table is not None and self._table_file == k:
+                # one chunk per column: parquet writes many tiny chunks ~3x slower than one
+                table = pa.concat_tables([self._table, new], promote_options="permissive").combine_chunks()
+            else:
+                table = pa.Table.from_pylist(self.episodes[k * META_ROWS:])
+            self._write_meta_file(k, table)
+            return
+        n_files = -(-len(self.episodes) // META_ROWS)
+        for k in range(n_files):
+            self._write_meta_file(k, pa.Table.from_pylist(self.episodes[k * META_ROWS:(k + 1) * META_ROWS]))
+        for p in (self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet"):  # files of dropped episodes
+            c, f = int(p.parent.name.split("-")[1]), int(p.stem.split("-")[1])
+            if c * size + f >= n_files:
+                p.unlink()
+
+    def _write_meta_file(self, k: int, table: pa.Table) -> None:
+        c, f = chunk_file(k, self.info["chunks_size"])
         buf = io.BytesIO()
         # ~140 small columns (per-episode stats): dictionaries and column statistics would double the
         # time of this per-episode rewrite and buy nothing for a file that is read whole
         pq.write_table(table, buf, use_dictionary=False, write_statistics=False)
-        atomic_write_bytes(self.root / EPISODES_PATH.format(chunk_index=0, file_index=0), buf.getvalue(),
-                           self.fsync)
-        self._table = table
+        atomic_write_bytes(self.root / EPISODES_PATH.format(chunk_index=c, file_index=f), buf.getvalue(), self.fsync)
+        self._table, self._table_file = table, k
 
     def _write_derived(self) -> None:
         """meta/stats.json and the stage prior (meta/temporal_proportions_sparse.json)."""

@@ -135,3 +135,21 @@ def test_stage_ids_roundtrip():
     ann = StageAnnotation.from_stage_ids(ids, ["a", "b", "c"])
     assert ann.names == ["a", "b", "c", "b"] and ann.start_frames == [0, 2, 5, 6] and ann.end_frames == [1, 4, 5, 7]
     np.testing.assert_array_equal(ann.stage_ids(8, ["a", "b", "c"]), ids)
+
+
+def test_episode_metadata_spans_several_files(tmp_path, monkeypatch):
+    import robolearn.data.writer as writer
+
+    monkeypatch.setattr(writer, "META_ROWS", 3)
+    rng = np.random.default_rng(5)
+    with DatasetWriter.create(tmp_path / "d", FEATS, 10) as w:
+        for _ in range(7):
+            w.add_episode(_ep(rng, 4), EpisodeRecord("t"))
+    files = sorted((tmp_path / "d" / "meta" / "episodes").rglob("*.parquet"))
+    assert [f.name for f in files] == ["file-000.parquet", "file-001.parquet", "file-002.parquet"]
+    with DatasetWriter.open(tmp_path / "d") as w:
+        w.add_episode(_ep(rng, 4), EpisodeRecord("t"))
+    m = DatasetMeta.load(tmp_path / "d")
+    assert m.num_episodes == 8
+    assert [r["meta/episodes/file_index"] for r in m.episode_rows] == [0, 0, 0, 1, 1, 1, 2, 2]
+    DatasetReader(tmp_path / "d").episode(7)
