@@ -24,7 +24,7 @@ help:
 	@echo "make demo       run the end-to-end demo (sets up .venv first)"
 	@echo "make test       run the fast test suite"
 	@echo "make test-slow  run the slow tests (-m slow)"
-	@echo "make bench      simulation throughput benchmark -> bench/results/sim_throughput.json"
+	@echo "make bench      simulation and dataset throughput benchmarks -> bench/results/*.json"
 	@echo "make lint       ruff check"
 	@echo "make venv       create .venv and install robolearn with the dev extras"
 	@echo "make clean      remove caches and build files; make distclean also removes .venv"
@@ -68,6 +68,7 @@ test-slow: venv
 bench: venv
 	mkdir -p bench/results
 	$(VENV)/bin/robolearn bench sim --json bench/results/sim_throughput.json
+	$(VENV)/bin/robolearn bench data --json bench/results/data_throughput.json
 
 lint: venv
 	$(VENV)/bin/ruff check .
