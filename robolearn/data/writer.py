@@ -125,6 +125,8 @@ class DatasetWriter:
                chunks_size: int = DEFAULT_CHUNK_SIZE) -> DatasetWriter:
         """A new, empty dataset at `root` (which must not exist or be empty)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise DatasetError(f"{root} is a file; choose a directory for the dataset")
         if root.exists() and any(root.iterdir()):
             hint = " (it holds a dataset: append to it with resume=true)" if (root / INFO_PATH).exists() else ""
             raise DatasetError(f"{root} already exists and is not empty{hint}; choose another output directory")

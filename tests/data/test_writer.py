@@ -153,3 +153,9 @@ def test_episode_metadata_spans_several_files(tmp_path, monkeypatch):
     assert m.num_episodes == 8
     assert [r["meta/episodes/file_index"] for r in m.episode_rows] == [0, 0, 0, 1, 1, 1, 2, 2]
     DatasetReader(tmp_path / "d").episode(7)
+
+
+def test_create_on_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DatasetError, match="is a file"):
+        DatasetWriter.create(tmp_path / "f", FEATS, 10)

@@ -24,9 +24,9 @@ Depth maps (`*_depth`), other image-like observations and robosuite's concatenat
 meta/robolearn.json (`state_keys`, `environment_state_keys`, `camera_keys`), with `env_args`, the
 demo names (`demos`, `num_demos`) and `filter_keys` ({mask: [episode indices]}).
 
-Success of an episode: True when a reward reaches 1 (robosuite's success reward) or the last `done` is
-set, else None (unknown). robomimic's done_mode 1 and 2 set the last `done` at the end of every
-trajectory, failed or not: the raw signals (`max_reward`, `last_done`) are kept in each episode's
+Success of an episode: True when a reward reaches 1 (robosuite's sparse success reward), else None
+(unknown). The last `done` is not used: robomimic's done_mode 1 and 2 set it at the end of every
+trajectory, failed or not. The raw signals (`max_reward`, `last_done`) are kept in each episode's
 info so that success can be judged again.
 
 Everything the file can be wrong about (structure, lengths, shapes, NaN/inf in the numeric data) is
@@ -474,7 +474,6 @@ def _episode(group, demo: str, t: int, layout: _Layout, task: str,
         dones = read("dones", np.float64) != 0
         frames["next.done"] = dones
         info["last_done"] = bool(dones[-1, 0])
-        success = True if info["last_done"] else success
     if "sim_state" in layout.features:
         frames["sim_state"] = read("states", np.float64)
     if keep_model_file and "model_file" in group.attrs:
