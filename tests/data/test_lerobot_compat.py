@@ -213,6 +213,21 @@ LEROBOT_EPISODE_COLUMNS = ["episode_index", "tasks", "length", "data/chunk_index
                                                            "to_timestamp")]
 
 
+def test_training_windows_from_a_lerobot_dataset(lerobot_dataset):
+    """The training loader works on LeRobot's own layout: windows, padding, task indices, workers."""
+    from robolearn.data.windows import WindowDataset
+
+    root, _ = lerobot_dataset
+    ds = WindowDataset(root, n_obs_steps=2, horizon=4)
+    assert len(ds) == DatasetReader(root).num_frames
+    batches = list(ds.loader(batch_size=8, shuffle=True, num_workers=2, seed=0))
+    assert sum(len(b["action"]) for b in batches) == len(ds)
+    b = batches[0]
+    assert b[CAM].shape[1:] == (2, 3, H, W) and b["action"].shape[1:] == (4, 6)
+    first = ds[0]
+    assert first[f"{CAM}_is_pad"].tolist() == [True, False] and first["task_index"] == 0
+
+
 @pytest.fixture(scope="module")
 def robolearn_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("robolearn") / "ds"
