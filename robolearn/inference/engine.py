@@ -1,0 +1,107 @@
+"""The batched inference engine: one forward pass for a whole batch of environments.
+
+    engine = InferenceEngine(policy, num_envs=64)            # device: cuda when present, else cpu
+    actions = engine.act(obs)                                 # obs[key]: (64, *shape) numpy -> (64, D_a) numpy
+    engine.reset(done_env_ids)                                # new episodes start their history afresh
+
+Everything that steps many envs (evaluation, residual RL, collection with a policy) calls `act`; one
+env is a batch of 1. The engine moves the policy to the device, runs it under `torch.inference_mode`,
+keeps per-env observation histories and action-chunk queues (`ChunkRunner`, optionally with ACT's
+temporal ensembling), and can run the chunk predictor at a fixed batch shape through `torch.compile`
+and, on CUDA, a captured CUDA graph (inputs copied into static buffers, one graph replay per
+prediction: no per-kernel launch cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robolearn.errors import ConfigError
+from robolearn.inference.queues import ChunkRunner
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda when a GPU is visible, else cpu; anything else as given (checked)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but no CUDA device is visible; use device=cpu or auto")
+    return dev
+
+
+class InferenceEngine:
+    """Runs a `Policy` for `num_envs` environments at once."""
+
+    def __init__(self, policy, num_envs: int = 1, device: str = "auto", compile: bool = False,
+                 cuda_graphs: bool = False, temporal_ensemble: float | None = None):
+        if num_envs < 1:
+            raise ConfigError(f"num_envs={num_envs} must be at least 1")
+        self.device = pick_device(device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ConfigError("cuda_graphs=true needs a CUDA device (device=cuda or auto on a GPU machine)")
+        self.policy = policy.to(self.device).eval()
+        if temporal_ensemble is not None:
+            self.policy.config.temporal_ensemble = float(temporal_ensemble)
+        self.num_envs = num_envs
+        self.compile, self.cuda_graphs = compile, cuda_graphs
+        predict: Callable[[dict[str, Tensor]], Tensor] = self._eager
+        if compile:
+            self._compiled = torch.compile(self.policy.predict_action_chunk, dynamic=False)
+            predict = self._compiled_predict
+        if cuda_graphs:
+            self._graph = None
+            predict = self._graphed
+        fixed = compile or cuda_graphs or bool(self.policy.config.temporal_ensemble)
+        self.runner = ChunkRunner(self.policy, num_envs, predict, fixed_shape=fixed, device=self.device)
+
+    # ---- predictors --------------------------------------------------------------------------
+    def _eager(self, obs: dict[str, Tensor]) -> Tensor:
+        with torch.inference_mode():
+            return self.policy.predict_action_chunk(obs)
+
+    def _compiled_predict(self, obs: dict[str, Tensor]) -> Tensor:
+        with torch.inference_mode():
+            return self._compiled(obs)
+
+    def _graphed(self, obs: dict[str, Tensor]) -> Tensor:
+        if self._graph is None:
+            self._capture(obs)
+        for k, v in obs.items():
+            self._static_in[k].copy_(v)
+        self._graph.replay()
+        return self._static_out.clone()
+
+    def _capture(self, obs: dict[str, Tensor]) -> None:
+        self._static_in = {k: v.clone() for k, v in obs.items()}
+        fn = self._compiled_predict if self.compile else self._eager
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up (and compilation) outside the capture
+                fn(self._static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = fn(self._static_in)
+
+    # ---- the API -----------------------------------------------------------------------------
+    def act(self, obs: dict[str, np.ndarray | Tensor]) -> np.ndarray:
+        """obs[key]: (num_envs, *shape) (cameras (N, H, W, 3) uint8) -> actions (num_envs, D_a) float32."""
+        return self.runner.step(obs).detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def reset(self, env_ids=None) -> None:
+        """Start new episodes for `env_ids` (all when None): their history and queues are cleared."""
+        self.runner.reset(env_ids)
+
+    def predict_chunk(self, obs: dict[str, np.ndarray | Tensor]) -> np.ndarray:
+        """A whole chunk for a batch with history: obs[key] (B, n_obs_steps, *shape) -> (B, horizon, D_a)."""
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        for k in self.policy.image_keys:
+            if t[k].dtype == torch.uint8:
+                t[k] = t[k].permute(0, 1, 4, 2, 3).float() / 255.0
+        return self._eager({k: v.float() for k, v in t.items()}).cpu().numpy()

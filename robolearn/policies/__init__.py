@@ -1,0 +1,84 @@
+"""Behaviour-cloning policies behind one interface (`Policy`), registered by name.
+
+    make_policy("mlp", features, stats, {"horizon": 8})    a new, untrained policy
+    load_policy("runs/bc/lift_mlp/checkpoints/last")       a trained one (any type)
+
+A new policy is a new module that subclasses `Policy` plus one `register_policy` line below; its
+module is imported only when that policy is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robolearn.data.format import Feature
+from robolearn.errors import UnknownNameError, did_you_mean
+from robolearn.policies.base import (
+    FORMAT_VERSION,
+    CheckpointError,
+    ObservationError,
+    Policy,
+    PolicyConfig,
+    build_config,
+    read_checkpoint,
+)
+
+_POLICIES: dict[str, str] = {}  # name -> "module:Class"
+
+
+def register_policy(name: str, target: str) -> None:
+    _POLICIES[name] = target
+
+
+register_policy("mlp", "robolearn.policies.mlp:MLPPolicy")
+register_policy("diffusion", "robolearn.policies.diffusion.policy:DiffusionPolicy")
+
+
+def policy_names() -> list[str]:
+    return sorted(_POLICIES)
+
+
+def get_policy_class(name: str) -> type[Policy]:
+    if name not in _POLICIES:
+        raise UnknownNameError(f"unknown policy {name!r}; registered: {', '.join(policy_names())}."
+                               + did_you_mean(name, policy_names()))
+    module, cls = _POLICIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_policy(name: str, features: dict[str, Feature], stats: dict, options: dict[str, Any] | None = None) -> Policy:
+    """A new policy of type `name` for a dataset's features and stats; options set config fields."""
+    cls = get_policy_class(name)
+    cfg = build_config(cls.config_class, dict(options or {}), f"policy {name!r} options")
+    return cls(cfg, features, stats)
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
+    """Load a checkpoint directory written by `Policy.save`, refusing a mismatched one with the reason."""
+    from safetensors.torch import load_file
+
+    raw, features, stats = read_checkpoint(path)
+    cls = get_policy_class(raw["type"])
+    cfg = build_config(cls.config_class, raw["config"], f"{Path(path) / 'config.json'}")
+    policy = cls(cfg, features, stats)
+    state = load_file(str(Path(path) / "model.safetensors"))
+    own = policy.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit a {raw['type']} policy with this config (missing "
+                              f"{missing[:4]}, unexpected {unexpected[:4]}); the checkpoint is damaged or was "
+                              "written by another version")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the config implies "
+                                  f"{tuple(own[k].shape)}")
+    policy.load_state_dict(state, strict=True)
+    return policy.to(device).eval()
+
+
+__all__ = ["FORMAT_VERSION", "CheckpointError", "ObservationError", "Policy", "PolicyConfig", "get_policy_class",
+           "load_policy", "make_policy", "policy_names", "register_policy"]
