@@ -135,6 +135,12 @@ def _show_replay(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(format_result(result))
 
 
+def _show_eval(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from robolearn.eval.sim import format_result
+
+    print(format_result(result))
+
+
 def _show_path(result: Any, args: argparse.Namespace) -> None:
     print(f"wrote {result}")
 
@@ -220,6 +226,34 @@ VERBS: dict[str, Verb] = {
         config="DataBenchConfig",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
+    "train bc": Verb(
+        "behaviour cloning of a policy (mlp, diffusion) on a dataset; rerun to resume",
+        "robolearn.policies.train",
+        config="TrainBCConfig",
+        preset_group="train",
+        flags=(_DATASET,
+               Flag("--policy", "policy type: mlp or diffusion (sets policy)", field="policy", metavar="NAME"),
+               Flag("--out", "run directory (sets out)", field="out", metavar="DIR")),
+        show=lambda r, a: print(f"trained: {r}/checkpoints/last"),
+    ),
+    "eval": Verb(
+        "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
+        "robolearn.eval.sim",
+        config="EvalConfig",
+        flags=(Flag("--policy", "policy checkpoint directory (sets policy)", field="policy", metavar="DIR"),
+               Flag("--task", "task name (sets task; default: the task the policy's dataset was recorded on)",
+                    field="task", metavar="NAME"),
+               Flag("--episodes", "seeded episodes (sets episodes)", field="episodes", metavar="N", yaml=True),
+               Flag("--video", "write mp4s of the first episodes (sets video=true)", field="video")),
+        show=_show_eval,
+    ),
+    "bench inference": Verb(
+        "measure policy inference latency (per control tick) and batch throughput",
+        "robolearn.inference.bench",
+        config="InferenceBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
+               Flag("--device", "cpu, cuda or auto (sets device)", field="device", metavar="DEVICE")),
+    ),
     "demo": Verb(
         "run the end-to-end demo pipeline on a simulated task",
         "robolearn.demo",
@@ -231,6 +265,7 @@ VERBS: dict[str, Verb] = {
 
 GROUP_HELP = {
     "bench": "benchmarks that print a table and write JSON",
+    "train": "train policies and reward models",
     "convert": "convert recorded demonstrations (robomimic HDF5, rosbag2) into a LeRobot-layout dataset",
 }
 

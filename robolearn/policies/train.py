@@ -1,0 +1,349 @@
+"""`robolearn train bc`: behaviour cloning of a policy on a dataset, resumable after a kill.
+
+    robolearn train bc --dataset data/lift --policy mlp --out runs/bc/lift_mlp
+
+Writes under `out/`:
+  train_config.json            the resolved config (and the dataset it trained on)
+  checkpoints/step_NNNNNN/     policy checkpoint (config.json, model.safetensors, stats.json) plus the
+                               training state (optimizer, schedule, RNG, data position)
+  checkpoints/last             -> the newest complete checkpoint; what `robolearn eval` takes
+  train_log.jsonl              step, loss, lr (and eval success) per logged step
+  tb/                          TensorBoard scalars: train/loss, train/lr, eval/success_rate
+Checkpoints are written to a temporary directory and renamed, so a kill never leaves a half one;
+running the same command again resumes from `checkpoints/last`: same data order (the batch order is
+a function of the seed and the step), same RNG state, so the loss curve continues as if never cut.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from robolearn.data.format import atomic_write_json, to_jsonable
+from robolearn.errors import ConfigError
+
+TRAIN_STATE_VERSION = 1
+DEFAULT_LR = {"mlp": 1e-3, "diffusion": 3e-4}
+
+
+@dataclass
+class TrainBCConfig:
+    """What `robolearn train bc` trains."""
+
+    dataset: str = ""
+    """dataset directory (LeRobot v3 layout)"""
+    policy: Literal["mlp", "diffusion"] = "mlp"
+    """policy type"""
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    """policy config fields, e.g. {horizon: 16, hidden: [256, 256]} (see the policy's config class)"""
+    out: str = ""
+    """run directory; empty: runs/bc/<dataset name>_<policy>"""
+    steps: int = 5000
+    """optimizer steps"""
+    batch_size: int = 256
+    """windows per batch"""
+    lr: float = 0.0
+    """peak learning rate; 0: the policy's default (mlp 1e-3, diffusion 3e-4)"""
+    weight_decay: float = 1e-6
+    """AdamW weight decay"""
+    warmup_steps: int = 200
+    """linear warm-up steps, then cosine decay to 0"""
+    grad_clip: float = 1.0
+    """gradient norm clip (0: off)"""
+    ema: float = 0.0
+    """> 0: keep an exponential moving average of the weights with this decay and save it (diffusion: 0.999)"""
+    num_workers: int = -1
+    """DataLoader workers; -1: 2 when the policy reads cameras (video decoding), else 0"""
+    save_every: int = 1000
+    """steps between checkpoints (and one at the end)"""
+    log_every: int = 50
+    """steps between logged losses"""
+    eval_every: int = 0
+    """steps between sim evaluations when the dataset was recorded in sim (0: only at the end)"""
+    eval_episodes: int = 20
+    """episodes per sim evaluation (0: none)"""
+    seed: int = 0
+    """seed of the weights, the batch order and the noise"""
+    device: str = "auto"
+    """cuda when present, else cpu; or name one"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def validate(self) -> None:
+        if not self.dataset:
+            raise ConfigError("train bc: name the dataset, e.g. --dataset data/lift")
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train bc: {name}={getattr(self, name)} must be at least 1")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train bc: ema={self.ema} must be in [0, 1)")
+
+
+class _Batches(torch.utils.data.Sampler):
+    """Batch indices as a pure function of (seed, step): epoch e is a permutation drawn from
+    (seed, e); resuming at any step replays exactly the batches that followed it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+        self.n, self.bs, self.seed, self.start, self.stop = n, min(batch_size, n), seed, start, stop
+        self.per_epoch = max(n // self.bs, 1)
+
+    def __iter__(self):
+        perm, epoch = None, -1
+        for step in range(self.start, self.stop):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                perm, epoch = np.random.default_rng([self.seed, e]).permutation(self.n), e
+            yield perm[k * self.bs:(k + 1) * self.bs].tolist()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def run(cfg: TrainBCConfig) -> Path:
+    """Train (or resume) and return the run directory."""
+    from tqdm import tqdm
+
+    from robolearn.data.dataset import DatasetReader
+    from robolearn.data.windows import WindowDataset
+    from robolearn.inference.engine import pick_device
+    from robolearn.policies import make_policy
+
+    cfg.validate()
+    reader = DatasetReader(cfg.dataset)
+    out = Path(cfg.out or f"runs/bc/{Path(cfg.dataset).resolve().name}_{cfg.policy}")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if reader.meta.stats is None:
+        raise ConfigError(f"{cfg.dataset}: no meta/stats.json; normalization needs the dataset statistics")
+    policy = make_policy(cfg.policy, reader.features, reader.meta.stats, cfg.policy_options)
+    pc = policy.config
+    ds = WindowDataset(reader, pc.n_obs_steps, pc.horizon, pc.action_offset, obs_keys=pc.obs_keys)
+    saved_cfg = _config_dict(cfg, out)
+    state = _prepare_run_dir(out, saved_cfg)
+    policy.to(device)
+    lr = cfg.lr or DEFAULT_LR.get(cfg.policy, 1e-3)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps))
+    ema = _Ema(policy, cfg.ema) if cfg.ema else None
+    start = 0
+    if state is not None:
+        start = _load_training_state(state, policy, opt, sched, ema, device)
+        print(f"resuming {out} from step {start}")
+    _truncate_log(out / "train_log.jsonl", start)
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (2 if policy.image_keys else 0)
+    loader = torch.utils.data.DataLoader(ds, sampler=_Batches(len(ds), cfg.batch_size, cfg.seed, start, cfg.steps),
+                                         batch_size=None, num_workers=workers, persistent_workers=False,
+                                         # its own generator: making the iterator must not draw from the
+                                         # global RNG, or a resumed run's dropout and noise would shift
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    env_cfg = reader.meta.robolearn.get("env")
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.policy}", unit="step", disable=not cfg.progress)
+    policy.train()
+    step, t0, losses = start, time.perf_counter(), []
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss, logs = policy.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"train bc: the loss became {loss.item()} at step {step}; lower lr (now {lr}) or "
+                              "check the dataset statistics")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update(policy)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0]}
+            losses = []
+            tb.add_scalar("train/loss", row["loss"], step)
+            tb.add_scalar("train/lr", row["lr"], step)
+            _append_log(out / "train_log.jsonl", row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            ckpt = _save_checkpoint(out, step, policy, opt, sched, ema)
+            last_eval = step == cfg.steps
+            if env_cfg and cfg.eval_episodes and (last_eval or (cfg.eval_every and step % cfg.eval_every == 0)):
+                rate = _evaluate(ckpt, env_cfg, cfg, out, step)
+                tb.add_scalar("eval/success_rate", rate, step)
+                _append_log(out / "train_log.jsonl", {"step": step, "eval_success_rate": rate})
+                bar.set_postfix(loss=f"{np.mean(losses) if losses else row['loss']:.4f}", success=f"{rate:.2f}")
+                policy.train()
+    bar.close()
+    tb.close()
+    saved_cfg["wall_time_s"] = time.perf_counter() - t0
+    return out
+
+
+def _config_dict(cfg: TrainBCConfig, out: Path) -> dict:
+    from robolearn.config import config_to_dict
+
+    d = config_to_dict(cfg)
+    d["dataset"] = str(Path(cfg.dataset).resolve())
+    d["out"] = str(out)
+    return d
+
+
+def _prepare_run_dir(out: Path, saved_cfg: dict) -> Path | None:
+    """Create the run dir, or find the checkpoint to resume from (refusing a different config)."""
+    cfg_path = out / "train_config.json"
+    last = out / "checkpoints" / "last"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        keys = ("dataset", "policy", "policy_options", "batch_size", "lr", "seed", "ema", "warmup_steps")
+        diff = [k for k in keys if old.get(k) != saved_cfg.get(k)]
+        if diff:
+            raise ConfigError(f"{out} holds a run with different {', '.join(diff)} "
+                              f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); choose another --out "
+                              "or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg_path, to_jsonable(saved_cfg))
+    for tmp in (out / "checkpoints").glob(".tmp*") if (out / "checkpoints").is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)  # a checkpoint a kill interrupted
+    return last.resolve() if last.exists() else None
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class _Ema:
+    """Exponential moving average of the weights (the saved policy uses it)."""
+
+    def __init__(self, policy, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, policy) -> None:
+        for k, v in policy.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _save_checkpoint(out: Path, step: int, policy, opt, sched, ema) -> Path:
+    """policy checkpoint + training state in a temp dir, renamed into place; then `last` is moved."""
+    from safetensors.torch import save_file
+
+    ckdir = out / "checkpoints"
+    final = ckdir / f"step_{step:06d}"
+    tmp = ckdir / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    raw = None
+    if ema is not None:  # the checkpoint carries the averaged weights; training resumes from the raw ones
+        raw = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+        policy.load_state_dict(ema.shadow)
+    policy.save(tmp)
+    if raw is not None:
+        policy.load_state_dict(raw)
+    tensors, meta = _flatten_optimizer(opt.state_dict())
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if raw is not None:
+        tensors.update({f"raw.{k}": v.cpu().contiguous() for k, v in raw.items()})
+        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "training_state.safetensors"))
+    atomic_write_json(tmp / "training_state.json", {"version": TRAIN_STATE_VERSION, "step": step,
+                                                    "scheduler": sched.state_dict(), "optimizer": meta})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    link_tmp = ckdir / ".tmp_last"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(final.name, link_tmp)
+    os.replace(link_tmp, ckdir / "last")
+    # keep the two newest step checkpoints
+    for old in sorted(ckdir.glob("step_*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, state_meta = {}, {}
+    for idx, st in sd["state"].items():
+        state_meta[str(idx)] = {}
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{name}"] = v.detach().cpu()
+                state_meta[str(idx)][name] = "tensor"
+            else:
+                state_meta[str(idx)][name] = v
+    return tensors, {"state": state_meta, "param_groups": sd["param_groups"]}
+
+
+def _load_training_state(path: Path, policy, opt, sched, ema, device) -> int:
+    from safetensors.torch import load_file
+
+    from robolearn.policies import CheckpointError
+
+    meta_path = path / "training_state.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} has no training state; it cannot be resumed (delete the run dir to restart)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("version") != TRAIN_STATE_VERSION:
+        raise CheckpointError(f"{meta_path}: training state version {meta.get('version')} is not "
+                              f"{TRAIN_STATE_VERSION}; restart the run in a new --out")
+    tensors = load_file(str(path / "training_state.safetensors"))
+    weights = load_file(str(path / "model.safetensors"))
+    if ema is not None:
+        policy.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("raw.")})
+        ema.shadow = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
+    else:
+        policy.load_state_dict(weights)
+    state = {}
+    for idx, st in meta["optimizer"]["state"].items():
+        state[int(idx)] = {name: (tensors[f"opt.{idx}.{name}"].to(device) if v == "tensor" else v)
+                           for name, v in st.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return int(meta["step"])
+
+
+def _append_log(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows past the step a resumed run restarts from (they are about to be redone)."""
+    if not path.is_file():
+        return
+    rows = [r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip()) if r["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _evaluate(ckpt: Path, env_cfg: dict, cfg: TrainBCConfig, out: Path, step: int) -> float:
+    from robolearn.eval.sim import EvalConfig
+    from robolearn.eval.sim import run as evaluate
+
+    res = evaluate(EvalConfig(policy=str(ckpt), task=env_cfg["task"], episodes=cfg.eval_episodes,
+                              device=cfg.device, out=str(out / "eval" / f"step_{step:06d}"), progress=False))
+    return float(res["success_rate"])
