@@ -89,12 +89,18 @@ class EvalConfig:
 def recorded_env(policy_dir: str | Path) -> tuple[dict | None, str]:
     """The env config the policy's training dataset was recorded with, and where it came from.
 
-    Looks for `train_config.json` (or `dataset.json`) with a "dataset" key in the checkpoint dir, its
+    First the env config saved in the checkpoint's own config.json ("metadata", written by
+    `robolearn train bc`); else `train_config.json` (or `dataset.json`) with a "dataset" key in the checkpoint dir, its
     parent and its run dir (`<run>/checkpoints/<name>`), then reads `<dataset>/meta/robolearn.json`.
     Returns (None, why) when there is none; a record naming a dataset that is gone is a reason too."""
     from robolearn.data.format import read_json
 
     ckpt = Path(policy_dir)
+    config = ckpt / "config.json"
+    if config.is_file():  # a checkpoint written by `robolearn train bc` carries its env config
+        env = (read_json(config, "").get("metadata") or {}).get("env")
+        if isinstance(env, dict) and env.get("task"):
+            return env, f"{config} (metadata)"
     why = f"no {' or '.join(TRAIN_RECORDS)} naming a dataset next to {ckpt}"
     for d in (ckpt, ckpt.parent, ckpt.parent.parent):
         for name in TRAIN_RECORDS:

@@ -77,6 +77,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
             raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the config implies "
                                   f"{tuple(own[k].shape)}")
     policy.load_state_dict(state, strict=True)
+    policy.metadata = dict(raw.get("metadata") or {})
     return policy.to(device).eval()
 
 

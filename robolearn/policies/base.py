@@ -100,6 +100,9 @@ class Policy(nn.Module, ABC):
         self.stats = {k: {s: np.asarray(v) for s, v in stats[k].items()} for k in self.features if k in stats}
         self.normalizer = Normalizer(stats, modes, {k: self._shape(k) for k in self.features})
         self._runner = None  # the per-env queues of select_action, made at the first call
+        self.metadata: dict[str, Any] = {}
+        """JSON-able facts saved with the checkpoint: the dataset it learned from and the env config that
+        dataset was recorded with (so `robolearn eval` rebuilds the same env)"""
 
     def norm_mode(self, key: str) -> str:
         return "mean_std"
@@ -198,6 +201,7 @@ class Policy(nn.Module, ABC):
             "type": self.name,
             "config": to_jsonable(asdict(self.config)),
             "features": {k: f.to_json() for k, f in self.features.items()},
+            "metadata": to_jsonable(self.metadata),
         })
         return path
 

@@ -125,6 +125,8 @@ def run(cfg: TrainBCConfig) -> Path:
     if reader.meta.stats is None:
         raise ConfigError(f"{cfg.dataset}: no meta/stats.json; normalization needs the dataset statistics")
     policy = make_policy(cfg.policy, reader.features, reader.meta.stats, cfg.policy_options)
+    policy.metadata = {"dataset": str(Path(cfg.dataset).resolve()), "env": reader.meta.robolearn.get("env"),
+                       "task": reader.meta.task(0) if reader.num_episodes else ""}
     pc = policy.config
     ds = WindowDataset(reader, pc.n_obs_steps, pc.horizon, pc.action_offset, obs_keys=pc.obs_keys)
     saved_cfg = _config_dict(cfg, out)
