@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from robolearn.errors import ConfigError
-from robolearn.inference.queues import ChunkRunner
+from robolearn.inference.queues import ChunkRunner, history_predictor
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -49,9 +49,12 @@ class InferenceEngine:
             self.policy.config.temporal_ensemble = float(temporal_ensemble)
         self.num_envs = num_envs
         self.compile, self.cuda_graphs = compile, cuda_graphs
-        predict: Callable[[dict[str, Tensor]], Tensor] = self._eager
+        # the runner's histories hold only observations it checked: its predictor skips check_obs, whose
+        # host sync would also break graph capture and torch.compile's graph
+        self._forward = history_predictor(self.policy)
+        predict: Callable[[dict[str, Tensor]], Tensor] = self._eager_history
         if compile:
-            self._compiled = torch.compile(self.policy.predict_action_chunk, dynamic=False)
+            self._compiled = torch.compile(self._forward, dynamic=False)
             predict = self._compiled_predict
         if cuda_graphs:
             self._graph = None
@@ -63,6 +66,10 @@ class InferenceEngine:
     def _eager(self, obs: dict[str, Tensor]) -> Tensor:
         with torch.inference_mode():
             return self.policy.predict_action_chunk(obs)
+
+    def _eager_history(self, obs: dict[str, Tensor]) -> Tensor:
+        with torch.inference_mode():
+            return self._forward(obs)
 
     def _compiled_predict(self, obs: dict[str, Tensor]) -> Tensor:
         with torch.inference_mode():
@@ -78,7 +85,7 @@ class InferenceEngine:
 
     def _capture(self, obs: dict[str, Tensor]) -> None:
         self._static_in = {k: v.clone() for k, v in obs.items()}
-        fn = self._compiled_predict if self.compile else self._eager
+        fn = self._compiled_predict if self.compile else self._eager_history
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -92,7 +99,10 @@ class InferenceEngine:
     # ---- the API -----------------------------------------------------------------------------
     def act(self, obs: dict[str, np.ndarray | Tensor]) -> np.ndarray:
         """obs[key]: (num_envs, *shape) (cameras (N, H, W, 3) uint8) -> actions (num_envs, D_a) float32."""
-        return self.runner.step(obs).detach().cpu().numpy().astype(np.float32, copy=False)
+        action = self.runner._step(obs)  # on a CPU device already a fresh float32 array: nothing to convert
+        if isinstance(action, np.ndarray):
+            return action
+        return action.detach().cpu().numpy().astype(np.float32, copy=False)
 
     def reset(self, env_ids=None) -> None:
         """Start new episodes for `env_ids` (all when None): their history and queues are cleared."""
