@@ -31,26 +31,33 @@ NUM_KEYPOINTS = 32  # spatial-softmax keypoints per camera (robomimic's and Chi 
 
 # ---- the noise-prediction network -----------------------------------------------------------------
 # Why the U-Net calls `conv1d` below and not `nn.Conv1d`: PyTorch's CPU convolution uses oneDNN only
-# for a batch > 1 when the kernel is 1-D; at batch 1 it runs `slow_conv2d`, whose gemm MKL executes
-# 2-4x slower than the same product with the im2col rows as the first operand (measured on a 2-core
-# AMD EPYC, one thread: 455 vs 123 us for 256 -> 256 channels, k = 5, T = 4), and ConvTranspose1d at
-# batch 1 is slower still. The explicit im2col matmul also beat oneDNN at batch 32-256 there (a whole
-# default-size chunk at batch 64: 0.57 vs 0.85 s). Below _IM2COL_MIN_WEIGHT weights its extra ops
-# cost more than the gemm saves; 1x1 convs are a matmul either way. On a GPU: cuDNN. The upsampling
-# transposed convolution is a matmul module of its own (Upsample1d). Weights keep nn.Conv1d's layout.
+# for a batch > 1 when the kernel is 1-D; at batch 1 it runs `slow_conv2d`, a gemm with the im2col
+# matrix laid out (C_in*k, T), which MKL executes 2-4x slower than the same product with the matrix
+# laid out (T, C_in*k) (measured on a 2-core AMD EPYC, one thread: 455 vs 123 us for 256 -> 256
+# channels, k = 5, T = 4; a 1x1 conv of 512 -> 128 channels: 93 vs 21 us). ConvTranspose1d at batch 1
+# is slower still. So on CPU the convolutions are explicit im2col matmuls, which also beat oneDNN at
+# batch 32-256 there (a default-size chunk at batch 64: 0.57 vs 0.85 s); below _IM2COL_MIN_WEIGHT
+# weights (k > 1) the extra ops cost more than the gemm saves and torch's conv runs. On a GPU: cuDNN.
+# The upsampling transposed convolution is a matmul module of its own (Upsample1d). Weights keep
+# nn.Conv1d's layout.
 _IM2COL_MIN_WEIGHT = 32768
 
 
 def conv1d(x: Tensor, conv: nn.Conv1d) -> Tensor:
-    """`conv(x)`: (B, C_in, T) -> (B, C_out, T')."""
+    """`conv(x)`: (B, C_in, T) -> (B, C_out, T'), on CPU as one matmul (see above)."""
+    if x.device.type != "cpu":
+        return conv(x)
     b, c, t = x.shape
     k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    if x.device.type != "cpu" or k == 1 or conv.weight.numel() < _IM2COL_MIN_WEIGHT:
+    w = conv.weight
+    if k == 1 and stride == 1 and pad == 0:
+        return F.linear(x.transpose(1, 2), w.view(len(w), c), conv.bias).transpose(1, 2)
+    if w.numel() < _IM2COL_MIN_WEIGHT:
         return conv(x)
-    w = conv.weight.view(len(conv.weight), c * k)
     cols = (F.pad(x, (pad, pad)) if pad else x).unfold(2, k, stride)  # (B, C, T', k)
     t_out = cols.shape[2]
     cols = cols.transpose(1, 2).reshape(b * t_out, c * k)  # im2col rows (B * T', C * k)
+    w = w.view(len(w), c * k)
     if b == 1:  # W @ rows^T: (C_out, T') comes out contiguous, as the GroupNorm after it wants
         return torch.addmm(conv.bias.unsqueeze(1), w, cols.t()).unsqueeze(0)
     return F.linear(cols, w, conv.bias).view(b, t_out, -1).transpose(1, 2)

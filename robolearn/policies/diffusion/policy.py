@@ -126,7 +126,7 @@ class DiffusionPolicy(Policy):
 
     def compute_loss(self, obs: dict[str, Tensor], actions: Tensor, action_is_pad: Tensor) -> tuple[Tensor, dict]:
         """DDPM epsilon-prediction MSE. obs normalized (B, n_obs_steps, *shape), actions normalized
-        (B, horizon, D_a), action_is_pad (B, horizon): padded steps (past the episode's end) are
+        (B, horizon, D_a), action_is_pad (B, horizon): padded steps (outside the episode) are
         noised and seen like any other but left out of the loss (LeRobot's do_mask_loss_for_padding)."""
         b = len(actions)
         cond = self.obs_encoder(obs)
