@@ -32,7 +32,11 @@ from robolearn.data.format import atomic_write_json, to_jsonable
 from robolearn.errors import ConfigError
 
 TRAIN_STATE_VERSION = 1
+# per-policy defaults, sized for a 2-core CPU (a diffusion step at batch 256 costs ~0.45 s there)
 DEFAULT_LR = {"mlp": 1e-3, "diffusion": 3e-4}
+DEFAULT_STEPS = {"mlp": 5000, "diffusion": 5000}
+DEFAULT_BATCH = {"mlp": 256, "diffusion": 64}
+DEFAULT_EMA = {"mlp": 0.0, "diffusion": 0.999}
 
 
 @dataclass
@@ -47,10 +51,10 @@ class TrainBCConfig:
     """policy config fields, e.g. {horizon: 16, hidden: [256, 256]} (see the policy's config class)"""
     out: str = ""
     """run directory; empty: runs/bc/<dataset name>_<policy>"""
-    steps: int = 5000
-    """optimizer steps"""
-    batch_size: int = 256
-    """windows per batch"""
+    steps: int = 0
+    """optimizer steps; 0: the policy's default (mlp 5000, diffusion 5000)"""
+    batch_size: int = 0
+    """windows per batch; 0: the policy's default (mlp 256, diffusion 64)"""
     lr: float = 0.0
     """peak learning rate; 0: the policy's default (mlp 1e-3, diffusion 3e-4)"""
     weight_decay: float = 1e-6
@@ -59,8 +63,9 @@ class TrainBCConfig:
     """linear warm-up steps, then cosine decay to 0"""
     grad_clip: float = 1.0
     """gradient norm clip (0: off)"""
-    ema: float = 0.0
-    """> 0: keep an exponential moving average of the weights with this decay and save it (diffusion: 0.999)"""
+    ema: float = -1.0
+    """> 0: keep an exponential moving average of the weights with this decay and save it; 0: off;
+    < 0: the policy's default (mlp off, diffusion 0.999)"""
     num_workers: int = -1
     """DataLoader workers; -1: 2 when the policy reads cameras (video decoding), else 0"""
     save_every: int = 1000
@@ -81,11 +86,23 @@ class TrainBCConfig:
     def validate(self) -> None:
         if not self.dataset:
             raise ConfigError("train bc: name the dataset, e.g. --dataset data/lift")
-        for name in ("steps", "batch_size", "save_every", "log_every"):
+        for name in ("save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train bc: {name}={getattr(self, name)} must be at least 1")
-        if not 0 <= self.ema < 1:
-            raise ConfigError(f"train bc: ema={self.ema} must be in [0, 1)")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train bc: {name}={getattr(self, name)} must be positive (or 0: the default)")
+        if not self.ema < 1:
+            raise ConfigError(f"train bc: ema={self.ema} must be below 1")
+
+    def resolved(self) -> TrainBCConfig:
+        """A copy with the policy's defaults filled in for steps, batch_size, lr and ema."""
+        from dataclasses import replace
+
+        return replace(self, steps=self.steps or DEFAULT_STEPS.get(self.policy, 5000),
+                       batch_size=self.batch_size or DEFAULT_BATCH.get(self.policy, 256),
+                       lr=self.lr or DEFAULT_LR.get(self.policy, 1e-3),
+                       ema=self.ema if self.ema >= 0 else DEFAULT_EMA.get(self.policy, 0.0))
 
 
 class _Batches(torch.utils.data.Sampler):
@@ -118,6 +135,7 @@ def run(cfg: TrainBCConfig) -> Path:
     from robolearn.policies import make_policy
 
     cfg.validate()
+    cfg = cfg.resolved()
     reader = DatasetReader(cfg.dataset)
     out = Path(cfg.out or f"runs/bc/{Path(cfg.dataset).resolve().name}_{cfg.policy}")
     device = pick_device(cfg.device)
@@ -132,7 +150,7 @@ def run(cfg: TrainBCConfig) -> Path:
     saved_cfg = _config_dict(cfg, out)
     state = _prepare_run_dir(out, saved_cfg)
     policy.to(device)
-    lr = cfg.lr or DEFAULT_LR.get(cfg.policy, 1e-3)
+    lr = cfg.lr
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps))
     ema = _Ema(policy, cfg.ema) if cfg.ema else None
