@@ -14,7 +14,7 @@ from robolearn.data import Feature
 from robolearn.errors import ConfigError
 from robolearn.policies import CheckpointError, load_policy, make_policy
 from robolearn.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robolearn.policies.diffusion.modeling import Upsample1d, conv1d, crop_images
+from robolearn.policies.diffusion.modeling import Conv1d, Upsample1d, crop_images
 from robolearn.policies.diffusion.scheduler import DiffusionScheduler
 
 D_S, D_A, H = 3, 2, 8
@@ -159,9 +159,11 @@ def test_add_noise_matches_the_forward_process():
 @pytest.mark.parametrize("batch", [1, 40])
 def test_fast_convolutions_match_torch(batch):
     torch.manual_seed(0)
-    for conv in (nn.Conv1d(64, 128, 5, padding=2), nn.Conv1d(128, 128, 3, 2, 1), nn.Conv1d(8, 16, 5, padding=2)):
+    for args in ((64, 128, 5, 1, 2), (128, 128, 3, 2, 1), (512, 128, 1), (8, 16, 5, 1, 2)):  # im2col, 1x1, torch's
+        conv = Conv1d(*args)
+        assert conv.im2col or conv.pointwise or args[0] == 8
         x = torch.randn(batch, conv.in_channels, 8, requires_grad=True)
-        ours, ref = conv1d(x, conv), conv(x)
+        ours, ref = conv(x), nn.Conv1d.forward(conv, x)
         assert torch.allclose(ours, ref, atol=1e-4)
         g_ours, = torch.autograd.grad(ours.square().sum(), x)
         g_ref, = torch.autograd.grad(ref.square().sum(), x)

@@ -11,7 +11,7 @@ parameter shapes, except the upsampling transposed convolutions, stored as the m
 Differences in how it is computed, not in what, for inference speed (select_action at batch 1):
 Linear(Mish([s, o])) = W_s Mish(s) + W_o Mish(o) + b, so `condition_steps()` encodes the observation
 once and all the DDIM steps' embeddings in one batch, and a denoising step runs only the
-convolutions; and small-batch CPU convolutions are explicit im2col matmuls (see `conv1d`).
+convolutions; and small-batch CPU convolutions are explicit im2col matmuls (see `Conv1d`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ NUM_KEYPOINTS = 32  # spatial-softmax keypoints per camera (robomimic's and Chi 
 
 
 # ---- the noise-prediction network -----------------------------------------------------------------
-# Why the U-Net calls `conv1d` below and not `nn.Conv1d`: PyTorch's CPU convolution uses oneDNN only
+# Why the U-Net uses `Conv1d` below and not `nn.Conv1d`: PyTorch's CPU convolution uses oneDNN only
 # for a batch > 1 when the kernel is 1-D; at batch 1 it runs `slow_conv2d`, a gemm with the im2col
 # matrix laid out (C_in*k, T), which MKL executes 2-4x slower than the same product with the matrix
 # laid out (T, C_in*k) (measured on a 2-core AMD EPYC, one thread: 455 vs 123 us for 256 -> 256
@@ -43,24 +43,30 @@ NUM_KEYPOINTS = 32  # spatial-softmax keypoints per camera (robomimic's and Chi 
 _IM2COL_MIN_WEIGHT = 32768
 
 
-def conv1d(x: Tensor, conv: nn.Conv1d) -> Tensor:
-    """`conv(x)`: (B, C_in, T) -> (B, C_out, T'), on CPU as one matmul (see above)."""
-    if x.device.type != "cpu":
-        return conv(x)
-    b, c, t = x.shape
-    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
-    w = conv.weight
-    if k == 1 and stride == 1 and pad == 0:
-        return F.linear(x.transpose(1, 2), w.view(len(w), c), conv.bias).transpose(1, 2)
-    if w.numel() < _IM2COL_MIN_WEIGHT:
-        return conv(x)
-    cols = (F.pad(x, (pad, pad)) if pad else x).unfold(2, k, stride)  # (B, C, T', k)
-    t_out = cols.shape[2]
-    cols = cols.transpose(1, 2).reshape(b * t_out, c * k)  # im2col rows (B * T', C * k)
-    w = w.view(len(w), c * k)
-    if b == 1:  # W @ rows^T: (C_out, T') comes out contiguous, as the GroupNorm after it wants
-        return torch.addmm(conv.bias.unsqueeze(1), w, cols.t()).unsqueeze(0)
-    return F.linear(cols, w, conv.bias).view(b, t_out, -1).transpose(1, 2)
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d (same parameters, zero padding), on CPU computed as one matmul (see above):
+    (B, C_in, T) -> (B, C_out, T')."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(c_in, c_out, kernel_size, stride, padding)
+        self.pointwise = kernel_size == 1 and stride == 1 and padding == 0
+        self.im2col = not self.pointwise and self.weight.numel() >= _IM2COL_MIN_WEIGHT
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not x.is_cpu or not (self.pointwise or self.im2col):
+            return F.conv1d(x, self.weight, self.bias, self.stride, self.padding)
+        b, c, _ = x.shape
+        w, bias = self.weight, self.bias
+        if self.pointwise:  # (B, T, C_in) @ (C_in, C_out)
+            return F.linear(x.transpose(1, 2), w.view(len(w), c), bias).transpose(1, 2)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        cols = (F.pad(x, (pad, pad)) if pad else x).unfold(2, k, stride)  # (B, C, T', k)
+        t_out = cols.shape[2]
+        cols = cols.transpose(1, 2).reshape(b * t_out, c * k)  # im2col rows (B * T', C * k)
+        w = w.view(len(w), c * k)
+        if b == 1:  # W @ rows^T: (C_out, T') comes out contiguous, as the GroupNorm after it wants
+            return torch.addmm(bias.unsqueeze(1), w, cols.t()).unsqueeze(0)
+        return F.linear(cols, w, bias).view(b, t_out, -1).transpose(1, 2)
 
 
 class Upsample1d(nn.Module):
@@ -119,12 +125,12 @@ class Conv1dBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, n_groups: int):
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2)
+        self.conv = Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2)
         self.norm = nn.GroupNorm(n_groups, c_out)
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.norm  # the aten op: F.group_norm's Python-side checks cost more than the kernel at batch 1
-        return F.mish(torch.group_norm(conv1d(x, self.conv), n.num_groups, n.weight, n.bias, n.eps, False))
+        return F.mish(torch.group_norm(self.conv(x), n.num_groups, n.weight, n.bias, n.eps, False))
 
 
 class ConditionalResidualBlock1D(nn.Module):
@@ -139,7 +145,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.step_dim, self.film = step_dim, film
         # Chi et al.: Mish -> Linear(cond_dim, 2C) -> (scale, bias) with film (cond_predict_scale), else bias
         self.cond = nn.Linear(step_dim + obs_dim, c_out * (2 if film else 1))
-        self.residual = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
+        self.residual = Conv1d(c_in, c_out, 1) if c_in != c_out else None
 
     def condition(self, step: Tensor, obs: Tensor) -> Film:
         """Mish'ed step embedding (..., E) and Mish'ed obs features (..., G), broadcastable ->
@@ -156,7 +162,7 @@ class ConditionalResidualBlock1D(nn.Module):
         out = self.conv1(x)
         out = torch.addcmul(bias, out, scale) if scale is not None else out + bias
         out = self.conv2(out)
-        return out + (x if self.residual is None else conv1d(x, self.residual))
+        return out + (x if self.residual is None else self.residual(x))
 
 
 class ConditionalUnet1D(nn.Module):
@@ -175,13 +181,13 @@ class ConditionalUnet1D(nn.Module):
         dims = [action_dim, *down_dims]
         levels = list(zip(dims[:-1], dims[1:]))
         self.down = nn.ModuleList(nn.ModuleList([block(a, b), block(b, b)]) for a, b in levels)
-        self.downsample = nn.ModuleList(nn.Conv1d(b, b, 3, 2, 1) for _, b in levels[:-1])  # none after the last
+        self.downsample = nn.ModuleList(Conv1d(b, b, 3, 2, 1) for _, b in levels[:-1])  # none after the last
         self.mid = nn.ModuleList([block(dims[-1], dims[-1]), block(dims[-1], dims[-1])])
         # up from the deepest level to level 1, each taking the skip of its level (level 0's is unused, as in Chi)
         self.up = nn.ModuleList(nn.ModuleList([block(2 * b, a), block(a, a)]) for a, b in reversed(levels[1:]))
         self.upsample = nn.ModuleList(Upsample1d(a, a) for a, _ in reversed(levels[1:]))
         self.final = nn.Sequential(Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
-                                   nn.Conv1d(down_dims[0], action_dim, 1))
+                                   Conv1d(down_dims[0], action_dim, 1))
         # the residual blocks in the order forward() uses them (references; registered above)
         self.blocks: list[ConditionalResidualBlock1D] = [
             *(b for pair in self.down for b in pair), *self.mid, *(b for pair in self.up for b in pair)]
@@ -214,14 +220,13 @@ class ConditionalUnet1D(nn.Module):
             if i > 0:
                 skips.append(x)
             if i < len(self.downsample):
-                x = conv1d(x, self.downsample[i])
+                x = self.downsample[i](x)
         for b in self.mid:
             x = b(x, next(f))
         for (b1, b2), up in zip(self.up, self.upsample):
             x = b2(b1(torch.cat([x, skips.pop()], dim=1), next(f)), next(f))
             x = up(x)
-        block, out = self.final
-        return conv1d(block(x), out).transpose(1, 2)
+        return self.final(x).transpose(1, 2)
 
 
 # ---- observation encoding -------------------------------------------------------------------------
