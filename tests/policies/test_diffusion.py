@@ -14,7 +14,7 @@ from robolearn.data import Feature
 from robolearn.errors import ConfigError
 from robolearn.policies import CheckpointError, load_policy, make_policy
 from robolearn.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robolearn.policies.diffusion.modeling import Conv1d, Upsample1d, crop_images
+from robolearn.policies.diffusion.modeling import Conv1d, Upsample1d, crop_images, mish
 from robolearn.policies.diffusion.scheduler import DiffusionScheduler
 
 D_S, D_A, H = 3, 2, 8
@@ -171,6 +171,15 @@ def test_fast_convolutions_match_torch(batch):
     up = nn.ConvTranspose1d(6, 5, 4, 2, 1)
     x = torch.randn(batch, 6, 4)
     assert torch.allclose(Upsample1d.from_conv_transpose(up)(x), up(x), atol=1e-5)
+
+
+def test_fast_mish_matches_torch():
+    x = torch.linspace(-30, 30, 20001, requires_grad=True)  # large enough for the sigmoid identity
+    ours, ref = mish(x), torch.nn.functional.mish(x)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    g_ours, = torch.autograd.grad(ours.sum(), x)
+    g_ref, = torch.autograd.grad(ref.sum(), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)
 
 
 def test_training_learns_a_tiny_problem():

@@ -106,6 +106,22 @@ class Upsample1d(nn.Module):
         return up
 
 
+def mish(x: Tensor) -> Tensor:
+    """Mish, x * tanh(softplus(x)); for large tensors as the identity 2x / (1 + sigmoid(-x)^2) - x.
+
+    torch's CPU mish kernel is scalar (~7 ns per element on AVX2): at batch 256 it took a fifth of a
+    chunk. The identity runs on the vectorized sigmoid in 4 ops, 4x faster from ~16k elements, slower
+    below (measured on a 2-core AMD EPYC, one thread); it differs from F.mish by < 2e-6."""
+    if x.numel() < _MISH_IDENTITY_MIN_NUMEL or not x.is_cpu:
+        return F.mish(x)
+    nx = x.neg()
+    s = torch.sigmoid(nx)
+    return torch.addcdiv(nx, x, torch.addcmul(torch.ones((), dtype=x.dtype), s, s), value=2.0)
+
+
+_MISH_IDENTITY_MIN_NUMEL = 8192
+
+
 class SinusoidalPosEmb(nn.Module):
     """Transformer position encoding of the diffusion step: t (N,) -> (N, dim)."""
 
@@ -130,7 +146,7 @@ class Conv1dBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.norm  # the aten op: F.group_norm's Python-side checks cost more than the kernel at batch 1
-        return F.mish(torch.group_norm(self.conv(x), n.num_groups, n.weight, n.bias, n.eps, False))
+        return mish(torch.group_norm(self.conv(x), n.num_groups, n.weight, n.bias, n.eps, False))
 
 
 class ConditionalResidualBlock1D(nn.Module):
