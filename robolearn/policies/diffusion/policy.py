@@ -37,13 +37,17 @@ class DiffusionConfig(PolicyConfig):
     """Diffusion Policy: observation history in, denoised action chunk out."""
 
     n_obs_steps: int = 2
+    """observations of history (Chi et al.: 2)"""
     horizon: int = 16
+    """actions per denoised chunk (Chi et al.: 16)"""
     n_action_steps: int = 8
+    """actions executed per chunk (Chi et al.: 8)"""
     action_offset: int = -1
+    """the chunk starts at t - 1, covering the observed steps too (Chi et al.)"""
     num_train_timesteps: int = 100
     """diffusion steps of the DDPM training noise schedule"""
     num_inference_steps: int = 10
-    """DDIM steps at inference (1..num_train_timesteps); fewer is faster, 10 loses little (Chi et al.)"""
+    """DDIM steps at inference (1..num_train_timesteps), one U-Net pass each (Chi et al.: 10 on real robots)"""
     beta_schedule: BetaSchedule = "squaredcos_cap_v2"
     """noise schedule: cosine (Nichol & Dhariwal) or linear 1e-4..0.02 (Ho et al.)"""
     clip_sample: bool = True
@@ -51,8 +55,8 @@ class DiffusionConfig(PolicyConfig):
     clip_sample_range: float = 1.0
     """bound of that clip, in normalized action units"""
     down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
-    """U-Net channels per level, halving the time axis between levels (Chi et al. use 256, 512, 1024;
-    this default keeps CPU inference fast)"""
+    """U-Net channels per level, halving the time axis between levels (Chi et al.: 256, 512, 1024, 16x
+    the weights per denoising step; this default is sized for CPU inference)"""
     kernel_size: int = 5
     """temporal kernel size of the U-Net convolutions (odd)"""
     n_groups: int = 8
