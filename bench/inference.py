@@ -19,6 +19,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: few ticks, one repeat, batches up to 256")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
                    help="cuda: also time the GPU (error without one); auto: when one is visible (default)")
+    p.add_argument("--compile", action="store_true", help="also time act through torch.compile on the CPU (slow)")
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=d.policies, help="policies to time")
     p.add_argument("--repeats", type=int, default=d.repeats, help=f"interleaved timed runs (default {d.repeats})")
     p.add_argument("--threads", type=int, default=d.num_threads,
@@ -26,8 +27,9 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=d.batch_sizes, metavar="B",
                    help=f"batch sizes of the chunk-prediction sweep (default {' '.join(map(str, d.batch_sizes))})")
     a = p.parse_args()
-    run(InferenceBenchConfig(json_path=a.json, quick=a.quick, device=a.device, policies=a.policies,
-                             repeats=a.repeats, num_threads=a.threads, batch_sizes=a.batch_sizes))
+    run(InferenceBenchConfig(json_path=a.json, quick=a.quick, device=a.device, compile=a.compile,
+                             policies=a.policies, repeats=a.repeats, num_threads=a.threads,
+                             batch_sizes=a.batch_sizes))
 
 
 if __name__ == "__main__":

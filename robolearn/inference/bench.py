@@ -24,6 +24,8 @@ alternates between repeats) so that a machine that slows down for a while hurts 
 per-batch figures are medians over repeats and ratios medians of per-repeat ratios. On a machine
 with CUDA (`device=auto` or `cuda`) the same latencies and sweep are timed on the GPU, eagerly and
 with CUDA graphs (`cuda_*` and `cuda_graphs_*` keys); without one they are null, with a note.
+`compile=true` adds the CPU latencies through `torch.compile` (`cpu_compiled_*`; compiling the
+diffusion policy takes minutes on a small machine, once per process).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class InferenceBenchConfig:
     """torch intra-op threads for every timed run (torch.set_num_threads; the previous value is restored)"""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """CPU figures are always timed; auto: also CUDA when a GPU is visible, cuda: also CUDA (error without), cpu: not"""
+    compile: bool = False
+    """also time act with torch.compile on the CPU (cpu_compiled_* keys; latency only; minutes of compiling)"""
     seed: int = 0
     """seed of the policies' weights and of the observation stream"""
     quick: bool = False
@@ -288,10 +292,12 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
                 policies[name] = build_policy(name, options, cfg.seed)
             except ModuleNotFoundError as e:  # e.g. a checkout without robolearn/policies/diffusion yet
                 notes.append(f"{name}: skipped, its module is not installed ({e})")
-        # variants: (label, device, cuda_graphs); the CPU one is what the targets are about
-        variants = [("cpu", "cpu", False)]
+        # variants: (label, device, cuda_graphs, torch.compile); the eager CPU one is what the targets are about
+        variants = [("cpu", "cpu", False, False)]
+        if cfg.compile:
+            variants.append(("cpu_compiled", "cpu", False, True))
         if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-            variants += [("cuda", "cuda", False), ("cuda_graphs", "cuda", True)]
+            variants += [("cuda", "cuda", False, False), ("cuda_graphs", "cuda", True, False)]
         else:
             notes.append("cuda: skipped (" + ("device=cpu" if cfg.device == "cpu" else "no CUDA device visible")
                          + "); every cuda_* figure is null")
@@ -306,26 +312,27 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
             predicting[name] = predicting_ticks(policy, ticks, cfg.episode_ticks)
             stream = observation_stream(policy, 1, 256, cfg.seed)
             on = {"cpu": policy}  # InferenceEngine moves its policy: one copy per device
-            for label, device, graphs in variants:
+            for label, device, graphs, compiled in variants:
                 key = (label, name)
                 try:
                     if device not in on:
                         on[device] = copy.deepcopy(policy)
-                    engine = InferenceEngine(on[device], 1, device=device, cuda_graphs=graphs)
-                    engine.act(stream[0])  # builds the runner's buffers (and captures the CUDA graph)
-                    # CUDA graphs replay one batch shape: an engine of b envs per batch size
-                    calls = {b: chunk_call(InferenceEngine(on[device], b, device=device, cuda_graphs=True)
-                                           if graphs else engine, b, cfg.seed) for b in cfg.batch_sizes}
+                    engine = InferenceEngine(on[device], 1, device=device, compile=compiled, cuda_graphs=graphs)
+                    engine.act(stream[0])  # builds the runner's buffers (compiles, captures the CUDA graph)
+                    # CUDA graphs replay one batch shape: an engine of b envs per batch size; a compiled
+                    # engine would compile once per shape (minutes each), so it has no sweep
+                    calls = {} if compiled else {
+                        b: chunk_call(InferenceEngine(on[device], b, device=device, cuda_graphs=True)
+                                      if graphs else engine, b, cfg.seed) for b in cfg.batch_sizes}
                     for fn in calls.values():
                         fn()  # warm-up (and the graph capture of each batch shape)
-                except Exception as e:  # a GPU variant that cannot run (e.g. graph capture) is reported, not fatal
-                    if device == "cpu":
+                except Exception as e:  # a variant beyond eager CPU that cannot run is reported, not fatal
+                    if label == "cpu":
                         raise
                     errors[f"{label}_{name}"] = f"{type(e).__name__}: {e}"
                     notes.append(f"{label} {name}: not timed, {type(e).__name__}: {e}")
                     continue
-                latency_runs[key], sweep_runs[key] = [], {b: [] for b in cfg.batch_sizes}
-                sweep_calls[key] = {b: [] for b in cfg.batch_sizes}
+                latency_runs[key] = []
 
                 def latency(key=key, engine=engine, stream=stream, ticks=ticks) -> None:
                     latency_runs[key].append(time_ticks(engine, stream, ticks, cfg.warmup_ticks, cfg.episode_ticks))
@@ -338,7 +345,10 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
                         sweep_runs[key][b].append(t)
                         sweep_calls[key][b].append(n)
 
-                units += [(f"{label} {name} latency", latency), (f"{label} {name} sweep", sweep)]
+                units.append((f"{label} {name} latency", latency))
+                if calls:
+                    sweep_runs[key], sweep_calls[key] = {b: [] for b in calls}, {b: [] for b in calls}
+                    units.append((f"{label} {name} sweep", sweep))
 
         for r in range(cfg.repeats):
             for label, fn in units if r % 2 == 0 else units[::-1]:
@@ -352,15 +362,17 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
     sweep = {f"{label}/{name}": sweep_summary(sweep_runs[(label, name)], sweep_calls[(label, name)])
              for label, name in sweep_runs}
     figures: dict[str, Any] = {}
-    for label in ("cpu", "cuda", "cuda_graphs"):
+    for label in ("cpu", "cpu_compiled", "cuda", "cuda_graphs"):
         prefix = "" if label == "cpu" else f"{label}_"
         for name in POLICIES:
             lat = latency.get(f"{label}/{name}", {})
             for stat in ("p50_ms", "p99_ms", "predict_p99_ms", "max_ms"):
                 figures[f"{prefix}{name}_{stat}"] = lat.get(stat)
-            figures[f"{prefix}{name}_batch256_per_sample_ratio"] = sweep.get(f"{label}/{name}", {}).get(
-                "batch256_per_sample_ratio")
-        figures[f"{prefix}batch256_per_sample_ratio"] = figures[f"{prefix}diffusion_batch256_per_sample_ratio"]
+            if label != "cpu_compiled":  # no sweep
+                figures[f"{prefix}{name}_batch256_per_sample_ratio"] = sweep.get(f"{label}/{name}", {}).get(
+                    "batch256_per_sample_ratio")
+        if label != "cpu_compiled":
+            figures[f"{prefix}batch256_per_sample_ratio"] = figures[f"{prefix}diffusion_batch256_per_sample_ratio"]
     if "diffusion" in policies and not {1, 256} <= set(cfg.batch_sizes):
         notes.append("batch256_per_sample_ratio: null, batch_sizes must include 1 and 256")
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

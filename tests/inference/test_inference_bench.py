@@ -110,3 +110,11 @@ def test_a_gpu_variant_that_fails_is_reported_not_fatal(monkeypatch):
     assert set(report["errors"]) == {"cuda_mlp", "cuda_graphs_mlp"}
     assert report["cuda_mlp_p99_ms"] is None and report["cuda_graphs_mlp_p99_ms"] is None
     assert any(n.startswith("cuda mlp: not timed") for n in report["notes"])
+
+
+@pytest.mark.slow  # torch.compile: tens of seconds even for a tiny MLP on a small machine
+def test_compiled_variant_reports_latency_only():
+    report = run(InferenceBenchConfig(**{**TINY, "policies": ["mlp"], "batch_sizes": [1], "compile": True},
+                                      json_path=None))
+    assert isinstance(report["cpu_compiled_mlp_p99_ms"], float) and "cpu_compiled/mlp" not in report["sweep"]
+    assert not report["errors"]
