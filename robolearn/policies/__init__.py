@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from robolearn.data.format import Feature
-from robolearn.errors import UnknownNameError, did_you_mean
+from robolearn.errors import ConfigError, UnknownNameError, did_you_mean
 from robolearn.policies.base import (
     FORMAT_VERSION,
     CheckpointError,
@@ -63,8 +63,11 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
 
     raw, features, stats = read_checkpoint(path)
     cls = get_policy_class(raw["type"])
-    cfg = build_config(cls.config_class, raw["config"], f"{Path(path) / 'config.json'}")
-    policy = cls(cfg, features, stats)
+    try:
+        cfg = build_config(cls.config_class, raw["config"], f"{Path(path) / 'config.json'}")
+        policy = cls(cfg, features, stats)
+    except ConfigError as e:  # config, features and stats that do not fit each other: a damaged checkpoint
+        raise CheckpointError(f"{path}: {e}") from None
     state = load_file(str(Path(path) / "model.safetensors"))
     own = policy.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

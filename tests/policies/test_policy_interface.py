@@ -87,7 +87,7 @@ def test_bad_checkpoints(tmp_path):
     feats = dict(cfg["features"])
     feats["observation.state"] = {"dtype": "float32", "shape": [7], "names": None}
     (ck / "config.json").write_text(json.dumps({**cfg, "features": feats}))
-    with pytest.raises((CheckpointError, ConfigError)):
+    with pytest.raises(CheckpointError, match="statistics"):
         load_policy(ck)
     (ck / "config.json").write_text(json.dumps(cfg))
     (ck / "stats.json").unlink()
