@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-STEPS = {"mlp": 5000, "diffusion": 5000}  # TrainBCConfig's defaults
+STEPS = {"mlp": 2000, "diffusion": 5000}  # TrainBCConfig's defaults
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from robolearn.errors import ConfigError
 TRAIN_STATE_VERSION = 1
 # per-policy defaults, sized for a 2-core CPU (a diffusion step at batch 256 costs ~0.45 s there)
 DEFAULT_LR = {"mlp": 1e-3, "diffusion": 3e-4}
-DEFAULT_STEPS = {"mlp": 5000, "diffusion": 5000}
+DEFAULT_STEPS = {"mlp": 2000, "diffusion": 5000}
 DEFAULT_BATCH = {"mlp": 256, "diffusion": 64}
 DEFAULT_EMA = {"mlp": 0.0, "diffusion": 0.999}
 
@@ -52,7 +52,7 @@ class TrainBCConfig:
     out: str = ""
     """run directory; empty: runs/bc/<dataset name>_<policy>"""
     steps: int = 0
-    """optimizer steps; 0: the policy's default (mlp 5000, diffusion 5000)"""
+    """optimizer steps; 0: the policy's default (mlp 2000, diffusion 5000)"""
     batch_size: int = 0
     """windows per batch; 0: the policy's default (mlp 256, diffusion 64)"""
     lr: float = 0.0
