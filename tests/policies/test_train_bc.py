@@ -94,3 +94,16 @@ def test_kill_and_resume_continues_the_same_loss_curve(lift, tmp_path):
 def test_cli_errors(tmp_path, capsys):
     assert main(["train", "bc", "--dataset", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "no such dataset directory" in capsys.readouterr().err
+
+
+def test_train_then_eval_through_the_cli(lift, tmp_path, capsys):
+    """The README's two commands: `robolearn train bc ...` then `robolearn eval --policy ...`."""
+    out = tmp_path / "r"
+    assert main(["train", "bc", "--dataset", str(lift), "--policy", "mlp", "--out", str(out), "steps=5",
+                 "batch_size=16", "eval_episodes=0", "progress=false", "policy_options={hidden: [16]}"]) == 0
+    assert main(["eval", "--policy", str(out / "checkpoints" / "last"), "--episodes", "2", "num_envs=2",
+                 "max_episode_steps=10", "progress=false", f"out={tmp_path / 'ev'}"]) == 0
+    text = capsys.readouterr().out
+    assert "success rate" in text and "lift" in text  # the task came from the checkpoint's metadata
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["episodes"] == 2 and metrics["task"] == "lift"
