@@ -63,8 +63,15 @@ def main() -> None:
                          "mean_episode_length": res["mean_episode_length"], "train_s": round(train_s, 1),
                          "stage_reach_rates": res["stage_reach_rates"]})
             print(table(rows))
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    # rows of other tasks/policies already in the report stay (a partial re-run updates its own rows)
+    path = Path(a.json)
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    done = {(r["task"], r["policy"]) for r in rows}
+    rows = [r for r in old if (r["task"], r["policy"]) not in done] + rows
+    rows.sort(key=lambda r: (r["task"], r["policy"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    print(table(rows))
     print(f"wrote {a.json}")
 
 
