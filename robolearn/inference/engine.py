@@ -46,6 +46,8 @@ class InferenceEngine:
             raise ConfigError("cuda_graphs=true needs a CUDA device (device=cuda or auto on a GPU machine)")
         self.policy = policy.to(self.device).eval()
         if temporal_ensemble is not None:
+            if not temporal_ensemble >= 0:
+                raise ConfigError(f"temporal_ensemble={temporal_ensemble} must be >= 0 (0: off; ACT uses 0.01)")
             self.policy.config.temporal_ensemble = float(temporal_ensemble)
         self.num_envs = num_envs
         self.compile, self.cuda_graphs = compile, cuda_graphs
