@@ -18,9 +18,7 @@ medians over repeats and ratios are medians of per-repeat ratios.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -69,9 +67,11 @@ def run(cfg: DataBenchConfig) -> dict:
     from robolearn.data.collect import CollectConfig
     from robolearn.data.collect import run as collect
     from robolearn.data.dataset import DatasetReader
+    from robolearn.sim.bench import machine_info, write_report
 
     if cfg.quick:
         cfg.episodes, cfg.repeats, cfg.load_windows = 8, 1, 2048
+    machine = machine_info(("torch", "pyarrow", "av", "h5py"))
     work = Path(tempfile.mkdtemp(prefix="robolearn-bench-data-"))
     try:
         print(f"recording {cfg.episodes} {cfg.task} expert episodes as benchmark data ...")
@@ -109,15 +109,12 @@ def run(cfg: DataBenchConfig) -> dict:
         "data": {"task": cfg.task, "episodes": cfg.episodes, "frames": frames, "camera": cfg.camera,
                  "image_size": list(cfg.image_size)},
         "config": asdict(cfg),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     print(format_table(report))
-    if cfg.json_path:
-        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_path).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {cfg.json_path}")
+    write_report(report, cfg.json_path)
     return report
 
 

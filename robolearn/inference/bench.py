@@ -31,14 +31,12 @@ diffusion policy takes minutes on a small machine, once per process).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -395,11 +393,9 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     print(format_table(report))
-    if cfg.json_path:
-        path = Path(cfg.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
+    from robolearn.sim.bench import write_report
+
+    write_report(report, cfg.json_path)
     return report
 
 

@@ -317,8 +317,8 @@ def _time_robosuite(env, actions: np.ndarray, warmup: int) -> float:
 # ---- the run ----------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU count, platform and library versions, for reading a report later."""
+def machine_info(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """CPU count, platform and library versions (plus `extra_packages`'), for reading a report later."""
     cpu_model = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -338,7 +338,8 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "versions": {p: version(p) for p in ("robolearn", "mujoco", "robosuite", "numpy", "gymnasium")},
+        "versions": {p: version(p) for p in ("robolearn", "mujoco", "robosuite", "numpy", "gymnasium",
+                                              *extra_packages)},
         "env": {k: os.environ.get(k) for k in ("MUJOCO_GL", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")},
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -453,12 +454,17 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     print(format_report(report))
-    if cfg.json_path:
-        path = Path(cfg.json_path)
+    write_report(report, cfg.json_path)
+    return report
+
+
+def write_report(report: dict[str, Any], json_path: str) -> None:
+    """Write a benchmark's JSON report to `json_path` (nothing when it is empty) and say where."""
+    if json_path:
+        path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")
-    return report
 
 
 def format_report(report: dict[str, Any]) -> str:
