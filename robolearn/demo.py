@@ -42,25 +42,13 @@ class DemoConfig:
     """output directory"""
 
 
-def _overlay(img: np.ndarray, lines: list[str], ok: bool) -> np.ndarray:
-    import cv2
-
-    img = np.ascontiguousarray(img)
-    for k, text in enumerate(lines):
-        y = 18 + 18 * k
-        cv2.putText(img, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
-        color = (80, 220, 80) if ok and k == len(lines) - 1 else (255, 255, 255)
-        cv2.putText(img, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
-    return img
-
-
 def run_task(task: str, cfg: DemoConfig, out: Path) -> dict:
     """Roll the expert of one task over `episodes` seeded envs; write its video; return its row."""
     from tqdm import tqdm
 
     from robolearn.sim.registry import make_env
     from robolearn.sim.render import CameraRenderer
-    from robolearn.video import tile, write_mp4
+    from robolearn.video import overlay_text, tile, write_mp4
 
     n = 4 if cfg.quick else cfg.episodes
     env = make_env(task, num_envs=n, seed=cfg.seed, num_threads=cfg.num_threads, terminate_on_success=False)
@@ -81,7 +69,7 @@ def run_task(task: str, cfg: DemoConfig, out: Path) -> dict:
         first_success[newly] = t + 1
         success |= info["success"]
         tiles = [
-            _overlay(renderer.render(env.models[i], env.datas[i], 0)[0],
+            overlay_text(renderer.render(env.models[i], env.datas[i], 0)[0],
                      [f"{task} #{i}", f"stage: {stages[info['stage'][i]]}", "SUCCESS" if success[i] else ""],
                      bool(success[i]))
             for i in range(shown)

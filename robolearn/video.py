@@ -52,3 +52,16 @@ def tile(images: np.ndarray, cols: int) -> np.ndarray:
         r, q = divmod(i, cols)
         canvas[r * h : (r + 1) * h, q * w : (q + 1) * w] = img
     return canvas
+
+
+def overlay_text(img: np.ndarray, lines: list[str], ok: bool) -> np.ndarray:
+    """Write `lines` on an RGB frame (white on a dark outline); the last line green when `ok`."""
+    import cv2
+
+    img = np.ascontiguousarray(img)
+    for k, text in enumerate(lines):
+        y = 18 + 18 * k
+        cv2.putText(img, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+        color = (80, 220, 80) if ok and k == len(lines) - 1 else (255, 255, 255)
+        cv2.putText(img, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+    return img

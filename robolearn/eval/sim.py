@@ -229,11 +229,11 @@ class _Films:
             d = self._scratch.setdefault(id(m), mujoco.MjData(m))
             mujoco.mj_setState(m, d, physics_state, mujoco.mjtState.mjSTATE_INTEGRATION)
             mujoco.mj_forward(m, d)
-        from robolearn.demo import _overlay
+        from robolearn.video import overlay_text
 
         img = self.renderer.render(m, d, 0)[0]
         lines = [f"{self.task} episode {self.episode[i]}", f"stage: {self.stages[stage]}", "SUCCESS" if success else ""]
-        self.frames[i].append(_overlay(img, lines, success))
+        self.frames[i].append(overlay_text(img, lines, success))
 
     def finish(self, i: int, success: bool) -> Path | None:
         from robolearn.video import write_mp4
