@@ -56,7 +56,6 @@ def test_rerun_with_another_config_is_refused(lift, tmp_path):
 
 
 def test_train_with_sim_eval(lift, tmp_path):
-    pytest.importorskip("robolearn.eval.sim")
     out = run(TrainBCConfig(dataset=str(lift), policy="mlp", out=str(tmp_path / "r"), steps=10, batch_size=32,
                             save_every=10, eval_episodes=2, progress=False, policy_options={"hidden": [16]}))
     evals = [r for r in _log(out) if "eval_success_rate" in r]
