@@ -16,10 +16,6 @@ a function of the seed and the step), same RNG state, so the loss curve continue
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +24,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from robolearn.data.format import atomic_write_json, to_jsonable
 from robolearn.errors import ConfigError
+from robolearn.training import (
+    Ema,
+    SeededBatches,
+    append_log,
+    load_training_state,
+    lr_factor,
+    prepare_run_dir,
+    save_checkpoint,
+    truncate_log,
+)
 
-TRAIN_STATE_VERSION = 1
+RESUME_KEYS = ("dataset", "policy", "policy_options", "batch_size", "lr", "seed", "ema", "warmup_steps")
 # per-policy defaults, sized for a 2-core CPU (a diffusion step at batch 256 costs ~0.45 s there)
 DEFAULT_LR = {"mlp": 1e-3, "diffusion": 3e-4}
 DEFAULT_STEPS = {"mlp": 2000, "diffusion": 5000}
@@ -105,26 +110,6 @@ class TrainBCConfig:
                        ema=self.ema if self.ema >= 0 else DEFAULT_EMA.get(self.policy, 0.0))
 
 
-class _Batches(torch.utils.data.Sampler):
-    """Batch indices as a pure function of (seed, step): epoch e is a permutation drawn from
-    (seed, e); resuming at any step replays exactly the batches that followed it."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
-        self.n, self.bs, self.seed, self.start, self.stop = n, min(batch_size, n), seed, start, stop
-        self.per_epoch = max(n // self.bs, 1)
-
-    def __iter__(self):
-        perm, epoch = None, -1
-        for step in range(self.start, self.stop):
-            e, k = divmod(step, self.per_epoch)
-            if e != epoch:
-                perm, epoch = np.random.default_rng([self.seed, e]).permutation(self.n), e
-            yield perm[k * self.bs:(k + 1) * self.bs].tolist()
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
 def run(cfg: TrainBCConfig) -> Path:
     """Train (or resume) and return the run directory."""
     from tqdm import tqdm
@@ -148,22 +133,22 @@ def run(cfg: TrainBCConfig) -> Path:
     pc = policy.config
     ds = WindowDataset(reader, pc.n_obs_steps, pc.horizon, pc.action_offset, obs_keys=pc.obs_keys)
     saved_cfg = _config_dict(cfg, out)
-    state = _prepare_run_dir(out, saved_cfg)
+    state = prepare_run_dir(out, saved_cfg, RESUME_KEYS)
     policy.to(device)
     lr = cfg.lr
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps))
-    ema = _Ema(policy, cfg.ema) if cfg.ema else None
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
+    ema = Ema(policy, cfg.ema) if cfg.ema else None
     start = 0
     if state is not None:
-        start = _load_training_state(state, policy, opt, sched, ema, device)
+        start = load_training_state(state, policy, opt, sched, ema, device)
         print(f"resuming {out} from step {start}")
-    _truncate_log(out / "train_log.jsonl", start)
+    truncate_log(out / "train_log.jsonl", start)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
     workers = cfg.num_workers if cfg.num_workers >= 0 else (2 if policy.image_keys else 0)
-    loader = torch.utils.data.DataLoader(ds, sampler=_Batches(len(ds), cfg.batch_size, cfg.seed, start, cfg.steps),
+    loader = torch.utils.data.DataLoader(ds, sampler=SeededBatches(len(ds), cfg.batch_size, cfg.seed, start, cfg.steps),
                                          batch_size=None, num_workers=workers, persistent_workers=False,
                                          # its own generator: making the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout and noise would shift
@@ -194,15 +179,15 @@ def run(cfg: TrainBCConfig) -> Path:
             losses = []
             tb.add_scalar("train/loss", row["loss"], step)
             tb.add_scalar("train/lr", row["lr"], step)
-            _append_log(out / "train_log.jsonl", row)
+            append_log(out / "train_log.jsonl", row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            ckpt = _save_checkpoint(out, step, policy, opt, sched, ema)
+            ckpt = save_checkpoint(out, step, policy, opt, sched, ema)
             last_eval = step == cfg.steps
             if env_cfg and cfg.eval_episodes and (last_eval or (cfg.eval_every and step % cfg.eval_every == 0)):
                 rate = _evaluate(ckpt, env_cfg, cfg, out, step)
                 tb.add_scalar("eval/success_rate", rate, step)
-                _append_log(out / "train_log.jsonl", {"step": step, "eval_success_rate": rate})
+                append_log(out / "train_log.jsonl", {"step": step, "eval_success_rate": rate})
                 bar.set_postfix(loss=f"{np.mean(losses) if losses else row['loss']:.4f}", success=f"{rate:.2f}")
                 policy.train()
     bar.close()
@@ -218,146 +203,6 @@ def _config_dict(cfg: TrainBCConfig, out: Path) -> dict:
     d["dataset"] = str(Path(cfg.dataset).resolve())
     d["out"] = str(out)
     return d
-
-
-def _prepare_run_dir(out: Path, saved_cfg: dict) -> Path | None:
-    """Create the run dir, or find the checkpoint to resume from (refusing a different config)."""
-    cfg_path = out / "train_config.json"
-    last = out / "checkpoints" / "last"
-    if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        keys = ("dataset", "policy", "policy_options", "batch_size", "lr", "seed", "ema", "warmup_steps")
-        diff = [k for k in keys if old.get(k) != saved_cfg.get(k)]
-        if diff:
-            raise ConfigError(f"{out} holds a run with different {', '.join(diff)} "
-                              f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); choose another --out "
-                              "or delete it")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg_path, to_jsonable(saved_cfg))
-    for tmp in (out / "checkpoints").glob(".tmp*") if (out / "checkpoints").is_dir() else ():
-        shutil.rmtree(tmp, ignore_errors=True)  # a checkpoint a kill interrupted
-    return last.resolve() if last.exists() else None
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-class _Ema:
-    """Exponential moving average of the weights (the saved policy uses it)."""
-
-    def __init__(self, policy, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, policy) -> None:
-        for k, v in policy.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-
-def _save_checkpoint(out: Path, step: int, policy, opt, sched, ema) -> Path:
-    """policy checkpoint + training state in a temp dir, renamed into place; then `last` is moved."""
-    from safetensors.torch import save_file
-
-    ckdir = out / "checkpoints"
-    final = ckdir / f"step_{step:06d}"
-    tmp = ckdir / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    raw = None
-    if ema is not None:  # the checkpoint carries the averaged weights; training resumes from the raw ones
-        raw = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        policy.load_state_dict(ema.shadow)
-    policy.save(tmp)
-    if raw is not None:
-        policy.load_state_dict(raw)
-    tensors, meta = _flatten_optimizer(opt.state_dict())
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    if raw is not None:
-        tensors.update({f"raw.{k}": v.cpu().contiguous() for k, v in raw.items()})
-        tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.shadow.items()})
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "training_state.safetensors"))
-    atomic_write_json(tmp / "training_state.json", {"version": TRAIN_STATE_VERSION, "step": step,
-                                                    "scheduler": sched.state_dict(), "optimizer": meta})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    link_tmp = ckdir / ".tmp_last"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(final.name, link_tmp)
-    os.replace(link_tmp, ckdir / "last")
-    # keep the two newest step checkpoints
-    for old in sorted(ckdir.glob("step_*"))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, state_meta = {}, {}
-    for idx, st in sd["state"].items():
-        state_meta[str(idx)] = {}
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{name}"] = v.detach().cpu()
-                state_meta[str(idx)][name] = "tensor"
-            else:
-                state_meta[str(idx)][name] = v
-    return tensors, {"state": state_meta, "param_groups": sd["param_groups"]}
-
-
-def _load_training_state(path: Path, policy, opt, sched, ema, device) -> int:
-    from safetensors.torch import load_file
-
-    from robolearn.policies import CheckpointError
-
-    meta_path = path / "training_state.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{path} has no training state; it cannot be resumed (delete the run dir to restart)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("version") != TRAIN_STATE_VERSION:
-        raise CheckpointError(f"{meta_path}: training state version {meta.get('version')} is not "
-                              f"{TRAIN_STATE_VERSION}; restart the run in a new --out")
-    tensors = load_file(str(path / "training_state.safetensors"))
-    weights = load_file(str(path / "model.safetensors"))
-    if ema is not None:
-        policy.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("raw.")})
-        ema.shadow = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
-    else:
-        policy.load_state_dict(weights)
-    state = {}
-    for idx, st in meta["optimizer"]["state"].items():
-        state[int(idx)] = {name: (tensors[f"opt.{idx}.{name}"].to(device) if v == "tensor" else v)
-                           for name, v in st.items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    sched.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["step"])
-
-
-def _append_log(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows past the step a resumed run restarts from (they are about to be redone)."""
-    if not path.is_file():
-        return
-    rows = [r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip()) if r["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
 
 
 def _evaluate(ckpt: Path, env_cfg: dict, cfg: TrainBCConfig, out: Path, step: int) -> float:
