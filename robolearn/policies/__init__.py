@@ -62,6 +62,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     from safetensors.torch import load_file
 
     raw, features, stats = read_checkpoint(path)
+    if raw.get("kind", "policy") != "policy":
+        raise CheckpointError(f"{path} is a {raw['kind'].replace('_', ' ')} checkpoint, not a policy; pass it where "
+                              "a reward is expected (e.g. --reward) and a `robolearn train bc` checkpoint here")
     cls = get_policy_class(raw["type"])
     try:
         cfg = build_config(cls.config_class, raw["config"], f"{Path(path) / 'config.json'}")

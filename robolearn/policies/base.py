@@ -198,6 +198,7 @@ class Policy(nn.Module, ABC):
         atomic_write_json(path / "stats.json", to_jsonable(self.stats))
         atomic_write_json(path / "config.json", {
             "format_version": FORMAT_VERSION,
+            "kind": "policy",
             "type": self.name,
             "config": to_jsonable(asdict(self.config)),
             "features": {k: f.to_json() for k, f in self.features.items()},
@@ -220,15 +221,15 @@ def _batch_size(obs: dict, keys: list[str]) -> int:
     raise ObservationError(f"observation has none of the policy's keys ({', '.join(keys)})")
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Feature], dict]:
-    """config.json, features and stats of a checkpoint, checked."""
+def read_checkpoint(path: str | Path, what: str = "policy",
+                    how: str = "`robolearn train bc`") -> tuple[dict, dict[str, Feature], dict]:
+    """config.json, features and stats of a checkpoint directory (a `what`, trained with `how`), checked."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
+        raise CheckpointError(f"{path}: no such {what} checkpoint directory")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise CheckpointError(f"{path} is not a policy checkpoint (no config.json); train one with "
-                              "`robolearn train bc`")
+        raise CheckpointError(f"{path} is not a {what} checkpoint (no config.json); train one with {how}")
     try:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -236,7 +237,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, Feature], dict]:
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{cfg_path}: format_version {version!r}, this robolearn reads {FORMAT_VERSION}; "
-                              "retrain the policy or load it with the robolearn version that wrote it")
+                              f"retrain the {what} or load it with the robolearn version that wrote it")
     for key in ("type", "config", "features"):
         if key not in raw:
             raise CheckpointError(f"{cfg_path}: missing {key!r}")
