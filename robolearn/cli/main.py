@@ -236,6 +236,32 @@ VERBS: dict[str, Verb] = {
                Flag("--out", "run directory (sets out)", field="out", metavar="DIR")),
         show=lambda r, a: print(f"trained: {r}/checkpoints/last"),
     ),
+    "train reward": Verb(
+        "train a stage-aware progress reward model on an annotated dataset; rerun to resume",
+        "robolearn.rewards.train",
+        config="TrainRewardConfig",
+        preset_group="reward",
+        flags=(_DATASET,
+               Flag("--out", "run directory (sets out)", field="out", metavar="DIR"),
+               Flag("--steps", "optimizer steps (sets steps)", field="steps", metavar="N", yaml=True)),
+        show=lambda r, a: print(f"trained: {r}/checkpoints/last"),
+    ),
+    "reward plot": Verb(
+        "plot a reward model's predicted progress and stages on recorded episodes (PNG)",
+        "robolearn.rewards.plot",
+        config="PlotConfig",
+        flags=(Flag("--reward", "reward model checkpoint directory (sets reward)", field="reward", metavar="DIR"),
+               _DATASET,
+               Flag("--episode", "episode index (sets episode)", field="episode", metavar="N", yaml=True),
+               Flag("--out", "PNG path (sets out)", field="out", metavar="FILE")),
+        show=lambda r, a: print(f"wrote {r}"),
+    ),
+    "bench reward": Verb(
+        "measure progress-model quality (VOC, stage accuracy, failure ranking) and throughput on pick_place",
+        "robolearn.rewards.bench",
+        config="RewardBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
+    ),
     "eval": Verb(
         "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
         "robolearn.eval.sim",
@@ -266,6 +292,7 @@ VERBS: dict[str, Verb] = {
 GROUP_HELP = {
     "bench": "benchmarks that print a table and write JSON",
     "train": "train policies and reward models",
+    "reward": "inspect reward models",
     "convert": "convert recorded demonstrations (robomimic HDF5, rosbag2) into a LeRobot-layout dataset",
 }
 

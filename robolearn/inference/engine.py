@@ -4,6 +4,13 @@
     actions = engine.act(obs)                                 # obs[key]: (64, *shape) numpy -> (64, D_a) numpy
     engine.reset(done_env_ids)                                # new episodes start their history afresh
 
+A reward model (`robolearn.rewards.RewardModel`) runs through the same engine:
+
+    engine = InferenceEngine(reward_model, num_envs=64)
+    out = engine.score(obs)             # {"reward", "progress", "stage"}: (64,) numpy, one frame per env
+    engine.reset(done_env_ids)          # their embedding histories start afresh
+    engine.score_episodes(table)        # offline: every frame of an EpisodeFrames table
+
 Everything that steps many envs (evaluation, residual RL, collection with a policy) calls `act`; one
 env is a batch of 1. The engine moves the policy to the device, runs it under `torch.inference_mode`,
 keeps per-env observation histories and action-chunk queues (`ChunkRunner`, optionally with ACT's
@@ -42,6 +49,19 @@ class InferenceEngine:
         if num_envs < 1:
             raise ConfigError(f"num_envs={num_envs} must be at least 1")
         self.device = pick_device(device)
+        self.num_envs = num_envs
+        from robolearn.rewards.base import RewardModel
+
+        if isinstance(policy, RewardModel):
+            if compile or cuda_graphs or temporal_ensemble is not None:
+                raise ConfigError("compile, cuda_graphs and temporal_ensemble apply to policies; a reward model "
+                                  "runs eagerly (it encodes one new frame per env and tick)")
+            from robolearn.inference.reward import RewardRunner
+
+            self.policy, self.reward_model = None, policy.to(self.device).eval()
+            self.reward_runner = RewardRunner(self.reward_model, num_envs, self.device)
+            return
+        self.reward_model = None
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError("cuda_graphs=true needs a CUDA device (device=cuda or auto on a GPU machine)")
         self.policy = policy.to(self.device).eval()
@@ -49,7 +69,6 @@ class InferenceEngine:
             if not temporal_ensemble >= 0:
                 raise ConfigError(f"temporal_ensemble={temporal_ensemble} must be >= 0 (0: off; ACT uses 0.01)")
             self.policy.config.temporal_ensemble = float(temporal_ensemble)
-        self.num_envs = num_envs
         self.compile, self.cuda_graphs = compile, cuda_graphs
         # the runner's histories hold only observations it checked: its predictor skips check_obs, whose
         # host sync would also break graph capture and torch.compile's graph
@@ -101,6 +120,8 @@ class InferenceEngine:
     # ---- the API -----------------------------------------------------------------------------
     def act(self, obs: dict[str, np.ndarray | Tensor]) -> np.ndarray:
         """obs[key]: (num_envs, *shape) (cameras (N, H, W, 3) uint8) -> actions (num_envs, D_a) float32."""
+        if self.policy is None:
+            raise ConfigError("this engine runs a reward model: call score(obs), not act(obs)")
         action = self.runner._step(obs)  # on a CPU device already a fresh float32 array: nothing to convert
         if isinstance(action, np.ndarray):
             return action
@@ -108,7 +129,22 @@ class InferenceEngine:
 
     def reset(self, env_ids=None) -> None:
         """Start new episodes for `env_ids` (all when None): their history and queues are cleared."""
-        self.runner.reset(env_ids)
+        (self.reward_runner if self.policy is None else self.runner).reset(env_ids)
+
+    def score(self, obs: dict[str, np.ndarray | Tensor], env_ids=None) -> dict[str, np.ndarray]:
+        """Reward model, one tick: obs[key] (n, *shape) for all envs (or `env_ids`) -> {"reward",
+        "progress", "stage"}: (n,) numpy (progress and stage where the model has them)."""
+        if self.reward_model is None:
+            raise ConfigError("this engine runs a policy: call act(obs), not score(obs)")
+        return self.reward_runner.step(obs, env_ids)
+
+    def score_episodes(self, table, batch_size: int = 512) -> list[dict[str, np.ndarray]]:
+        """Reward model, offline: every frame of an `EpisodeFrames` table -> one dict of (T,) arrays per episode."""
+        from robolearn.inference.reward import score_episodes
+
+        if self.reward_model is None:
+            raise ConfigError("this engine runs a policy; score_episodes needs a reward model")
+        return score_episodes(self.reward_model, table, self.device, batch_size)
 
     def predict_chunk(self, obs: dict[str, np.ndarray | Tensor]) -> np.ndarray:
         """A whole chunk for a batch with history: obs[key] (B, n_obs_steps, *shape) -> (B, horizon, D_a)."""
