@@ -233,7 +233,10 @@ VERBS: dict[str, Verb] = {
         preset_group="train",
         flags=(_DATASET,
                Flag("--policy", "policy type: mlp or diffusion (sets policy)", field="policy", metavar="NAME"),
-               Flag("--out", "run directory (sets out)", field="out", metavar="DIR")),
+               Flag("--out", "run directory (sets out)", field="out", metavar="DIR"),
+               Flag("--sample-weighting", "none, or progress for RA-BC (sets sample_weighting)",
+                    field="sample_weighting", metavar="MODE"),
+               Flag("--reward", "reward model checkpoint for RA-BC (sets reward)", field="reward", metavar="DIR")),
         show=lambda r, a: print(f"trained: {r}/checkpoints/last"),
     ),
     "train reward": Verb(

@@ -25,6 +25,7 @@ from robolearn.policies.base import (
     PolicyConfig,
     build_config,
     read_checkpoint,
+    resolve_checkpoint,
 )
 
 _POLICIES: dict[str, str] = {}  # name -> "module:Class"
@@ -61,6 +62,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Load a checkpoint directory written by `Policy.save`, refusing a mismatched one with the reason."""
     from safetensors.torch import load_file
 
+    path = resolve_checkpoint(path)
     raw, features, stats = read_checkpoint(path)
     if raw.get("kind", "policy") != "policy":
         raise CheckpointError(f"{path} is a {raw['kind'].replace('_', ' ')} checkpoint, not a policy; pass it where "

@@ -120,8 +120,10 @@ class Policy(nn.Module, ABC):
         """Normalized obs {key: (B, n_obs_steps, *shape)} -> normalized actions (B, horizon, D_a)."""
 
     @abstractmethod
-    def compute_loss(self, obs: dict[str, Tensor], actions: Tensor, action_is_pad: Tensor) -> tuple[Tensor, dict]:
-        """Training loss on normalized obs, normalized actions (B, horizon, D_a) and their pad mask."""
+    def compute_loss(self, obs: dict[str, Tensor], actions: Tensor, action_is_pad: Tensor,
+                     weights: Tensor | None = None) -> tuple[Tensor, dict]:
+        """Training loss on normalized obs, normalized actions (B, horizon, D_a) and their pad mask;
+        weights (B,): per-sample weights (RA-BC), None for all 1 (`weighted_mean` does the averaging)."""
 
     # ---- shared ------------------------------------------------------------------------------
     def normalize_obs(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -135,10 +137,11 @@ class Policy(nn.Module, ABC):
         return self.normalizer.unnormalize("action", chunk)
 
     def training_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """Loss on a batch of `WindowDataset` windows (unnormalized, as the dataset stores them)."""
+        """Loss on a batch of `WindowDataset` windows (unnormalized, as the dataset stores them), weighted
+        per sample by `batch["sample_weight"]` (B,) when present."""
         obs = self.normalize_obs({k: batch[k] for k in self.config.obs_keys})
         actions = self.normalizer.normalize("action", batch["action"])
-        return self.compute_loss(obs, actions, batch["action_is_pad"])
+        return self.compute_loss(obs, actions, batch["action_is_pad"], batch.get("sample_weight"))
 
     def select_action(self, obs: dict[str, Tensor | np.ndarray]) -> Tensor:
         """One control tick for a batch of envs: obs[key] (B, *shape) -> actions (B, D_a)."""
@@ -214,6 +217,18 @@ class Policy(nn.Module, ABC):
         return load_policy(path, device)
 
 
+def weighted_mean(err: Tensor, action_is_pad: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of err (B, horizon, D_a) over the steps inside the episode, each sample counted with its
+    weight: sum_i w_i * sum(err_i * mask_i) / sum_i w_i * count_i (all weights 1: the plain masked mean)."""
+    mask = (~action_is_pad.bool()).unsqueeze(-1).to(err.dtype)
+    per_sample = (err * mask).flatten(1).sum(1)
+    count = mask.flatten(1).sum(1) * err.shape[-1]
+    if weights is None:
+        return per_sample.sum() / count.sum().clamp(min=1)
+    w = weights.to(err.dtype).reshape(-1)
+    return (w * per_sample).sum() / (w * count).sum().clamp(min=1e-8)
+
+
 def _batch_size(obs: dict, keys: list[str]) -> int:
     for k in keys:
         if k in obs:
@@ -221,10 +236,19 @@ def _batch_size(obs: dict, keys: list[str]) -> int:
     raise ObservationError(f"observation has none of the policy's keys ({', '.join(keys)})")
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory: its `checkpoints/last`."""
+    path = Path(path)
+    last = path / "checkpoints" / "last"
+    if not (path / "config.json").is_file() and (last / "config.json").is_file():
+        return last
+    return path
+
+
 def read_checkpoint(path: str | Path, what: str = "policy",
                     how: str = "`robolearn train bc`") -> tuple[dict, dict[str, Feature], dict]:
     """config.json, features and stats of a checkpoint directory (a `what`, trained with `how`), checked."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such {what} checkpoint directory")
     cfg_path = path / "config.json"

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from robolearn.errors import ConfigError
-from robolearn.policies.base import Policy, PolicyConfig
+from robolearn.policies.base import Policy, PolicyConfig, weighted_mean
 
 
 @dataclass
@@ -58,9 +58,8 @@ class MLPPolicy(Policy):
         x = torch.cat([obs[k].flatten(1) for k in self.state_keys], dim=1)
         return self.net(x).view(len(x), self.config.horizon, self.action_dim)
 
-    def compute_loss(self, obs, actions, action_is_pad):
+    def compute_loss(self, obs, actions, action_is_pad, weights=None):
         pred = self.forward_chunk(obs)
         err = (pred - actions).abs() if self.config.loss == "l1" else (pred - actions) ** 2
-        mask = (~action_is_pad).unsqueeze(-1).to(err.dtype)
-        loss = (err * mask).sum() / (mask.sum() * self.action_dim).clamp(min=1)
+        loss = weighted_mean(err, action_is_pad, weights)
         return loss, {"loss": loss.detach()}

@@ -36,7 +36,8 @@ from robolearn.training import (
     truncate_log,
 )
 
-RESUME_KEYS = ("dataset", "policy", "policy_options", "batch_size", "lr", "seed", "ema", "warmup_steps")
+RESUME_KEYS = ("dataset", "policy", "policy_options", "batch_size", "lr", "seed", "ema", "warmup_steps",
+               "sample_weighting", "reward", "rabc_kappa", "rabc_delta")
 # per-policy defaults, sized for a 2-core CPU (a diffusion step at batch 256 costs ~0.45 s there)
 DEFAULT_LR = {"mlp": 1e-3, "diffusion": 3e-4}
 DEFAULT_STEPS = {"mlp": 2000, "diffusion": 5000}
@@ -81,6 +82,14 @@ class TrainBCConfig:
     """steps between sim evaluations when the dataset was recorded in sim (0: only at the end)"""
     eval_episodes: int = 20
     """episodes per sim evaluation (0: none)"""
+    sample_weighting: Literal["none", "progress"] = "none"
+    """progress: RA-BC, weight each sample by the progress the reward model sees over its action chunk"""
+    reward: str = ""
+    """reward model checkpoint for sample_weighting=progress (`robolearn train reward`)"""
+    rabc_kappa: float = 0.01
+    """RA-BC: samples whose progress delta exceeds this get weight 1"""
+    rabc_delta: int = 0
+    """RA-BC: frames ahead the progress delta spans; 0: the policy's chunk (horizon + action_offset)"""
     seed: int = 0
     """seed of the weights, the batch order and the noise"""
     device: str = "auto"
@@ -99,6 +108,13 @@ class TrainBCConfig:
                 raise ConfigError(f"train bc: {name}={getattr(self, name)} must be positive (or 0: the default)")
         if not self.ema < 1:
             raise ConfigError(f"train bc: ema={self.ema} must be below 1")
+        if self.sample_weighting not in ("none", "progress"):
+            raise ConfigError(f"train bc: sample_weighting={self.sample_weighting!r} must be none or progress")
+        if self.sample_weighting == "progress" and not self.reward:
+            raise ConfigError("train bc: sample_weighting=progress needs a reward model: --reward DIR "
+                              "(train one with `robolearn train reward`)")
+        if self.rabc_delta < 0:
+            raise ConfigError(f"train bc: rabc_delta={self.rabc_delta} must be >= 0 (0: the policy's chunk)")
 
     def resolved(self) -> TrainBCConfig:
         """A copy with the policy's defaults filled in for steps, batch_size, lr and ema."""
@@ -134,6 +150,7 @@ def run(cfg: TrainBCConfig) -> Path:
     ds = WindowDataset(reader, pc.n_obs_steps, pc.horizon, pc.action_offset, obs_keys=pc.obs_keys)
     saved_cfg = _config_dict(cfg, out)
     state = prepare_run_dir(out, saved_cfg, RESUME_KEYS)
+    weights = _rabc_weights(cfg, reader, policy, out) if cfg.sample_weighting == "progress" else None
     policy.to(device)
     lr = cfg.lr
     opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=cfg.weight_decay)
@@ -158,6 +175,10 @@ def run(cfg: TrainBCConfig) -> Path:
     policy.train()
     step, t0, losses = start, time.perf_counter(), []
     for batch in loader:
+        if weights is not None:
+            table, offsets = weights
+            rows = offsets[batch["episode_index"].numpy()] + batch["frame_index"].numpy()
+            batch["sample_weight"] = torch.from_numpy(table[rows])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss, logs = policy.training_loss(batch)
         if not torch.isfinite(loss):
@@ -203,6 +224,33 @@ def _config_dict(cfg: TrainBCConfig, out: Path) -> dict:
     d["dataset"] = str(Path(cfg.dataset).resolve())
     d["out"] = str(out)
     return d
+
+
+def _rabc_weights(cfg: TrainBCConfig, reader, policy, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """RA-BC weights of every frame (`robolearn.rewards.rabc`) and each episode's first row; the
+    weights go to out/rabc_weights.npz, their summary to out/rabc_weights.json."""
+    import io
+
+    from robolearn.data.format import atomic_write_bytes, atomic_write_json
+    from robolearn.rewards import check_stages, load_reward_model
+    from robolearn.rewards.rabc import progress_deltas, rabc_weights
+
+    model = load_reward_model(cfg.reward)
+    if reader.meta.stage_names:
+        check_stages(model, reader.meta.stage_names, f"dataset {cfg.dataset}")
+    pc = policy.config
+    delta = cfg.rabc_delta or max(pc.horizon + pc.action_offset, 1)
+    deltas, offsets = progress_deltas(model, reader, delta, cfg.device, progress_bar=cfg.progress)
+    w = rabc_weights(deltas, cfg.rabc_kappa)
+    buf = io.BytesIO()
+    np.savez(buf, weights=w, deltas=deltas.astype(np.float32), episode_offsets=offsets)
+    atomic_write_bytes(out / "rabc_weights.npz", buf.getvalue())
+    summary = {"rabc_mean_weight": float(w.mean()), "rabc_full_weight_share": float((w >= 1).mean()),
+               "rabc_zero_weight_share": float((w <= 0).mean()), "rabc_delta_frames": int(delta)}
+    print(f"RA-BC: progress delta over {delta} frames; mean weight {summary['rabc_mean_weight']:.3f}, "
+          f"{summary['rabc_full_weight_share']:.0%} of samples at 1, {summary['rabc_zero_weight_share']:.0%} at 0")
+    atomic_write_json(out / "rabc_weights.json", summary)
+    return w, offsets
 
 
 def _evaluate(ckpt: Path, env_cfg: dict, cfg: TrainBCConfig, out: Path, step: int) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from robolearn.data.format import Feature
 from robolearn.errors import ConfigError, UnknownNameError, did_you_mean
-from robolearn.policies.base import CheckpointError, build_config, read_checkpoint
+from robolearn.policies.base import CheckpointError, build_config, read_checkpoint, resolve_checkpoint
 from robolearn.rewards.base import RewardModel, RewardModelConfig
 
 _REWARD_MODELS: dict[str, str] = {}  # name -> "module:Class"
@@ -55,6 +55,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> R
     """Load a checkpoint directory written by `RewardModel.save`, refusing a mismatched one with the reason."""
     from safetensors.torch import load_file
 
+    path = resolve_checkpoint(path)
     raw, features, stats = read_checkpoint(path, "reward model", "`robolearn train reward`")
     if raw.get("kind") != "reward_model":
         raise CheckpointError(f"{path} is a {raw.get('kind', 'policy')} checkpoint, not a reward model; pass a "

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robolearn.errors import ConfigError
-from robolearn.policies.base import Policy, PolicyConfig
+from robolearn.policies.base import Policy, PolicyConfig, weighted_mean
 from robolearn.policies.diffusion.modeling import ConditionalUnet1D, ObservationEncoder
 from robolearn.policies.diffusion.scheduler import BETA_SCHEDULES, BetaSchedule, DiffusionScheduler
 
@@ -128,7 +128,8 @@ class DiffusionPolicy(Policy):
         x = torch.randn(len(cond), self.config.horizon, self.action_dim, device=cond.device, dtype=cond.dtype)
         return self.scheduler.sample(x, lambda x_t, k: self.unet(x_t, films[k]))
 
-    def compute_loss(self, obs: dict[str, Tensor], actions: Tensor, action_is_pad: Tensor) -> tuple[Tensor, dict]:
+    def compute_loss(self, obs: dict[str, Tensor], actions: Tensor, action_is_pad: Tensor,
+                     weights: Tensor | None = None) -> tuple[Tensor, dict]:
         """DDPM epsilon-prediction MSE. obs normalized (B, n_obs_steps, *shape), actions normalized
         (B, horizon, D_a), action_is_pad (B, horizon): padded steps (outside the episode) are
         noised and seen like any other but left out of the loss (LeRobot's do_mask_loss_for_padding)."""
@@ -138,7 +139,5 @@ class DiffusionPolicy(Policy):
         t = torch.randint(0, self.scheduler.num_train_timesteps, (b,), device=actions.device)
         noisy = self.scheduler.add_noise(actions, noise, t)
         pred = self.unet(noisy, self.unet.condition(t, cond))
-        err = F.mse_loss(pred, noise, reduction="none")
-        mask = (~action_is_pad.bool()).unsqueeze(-1).to(err.dtype)
-        loss = (err * mask).sum() / (mask.sum() * self.action_dim).clamp(min=1)
+        loss = weighted_mean(F.mse_loss(pred, noise, reduction="none"), action_is_pad, weights)
         return loss, {"loss": loss.detach()}
