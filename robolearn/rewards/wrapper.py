@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from robolearn.errors import ConfigError
+from robolearn.errors import ConfigError, RobolearnError
 from robolearn.rewards.base import RewardModel
 from robolearn.rewards.shaping import ShapingConfig, shaped_reward
+
+
+class RewardError(RobolearnError, ValueError):
+    """A learned reward came out NaN or infinite."""
 
 
 class RewardWrapper:
@@ -58,9 +62,11 @@ class RewardWrapper:
         self.num_envs = env.num_envs
         self.engine = InferenceEngine(model, num_envs=self.num_envs, device=device)
         self._phi = np.zeros(self.num_envs)
+        self.steps = 0
+        """steps taken since the wrapper was made (named in errors)"""
 
     def __getattr__(self, name):  # spaces, render, task, cfg, ... of the wrapped env
-        if name in ("env", "model", "engine"):
+        if name in ("env", "model", "engine", "steps"):
             raise AttributeError(name)
         return getattr(self.env, name)
 
@@ -72,6 +78,7 @@ class RewardWrapper:
         self.engine.reset()
         out = self.engine.score(obs)
         self._phi = self._potential(out)
+        self._check_finite({"progress": self._phi})
         info = dict(info)
         info["progress"] = out.get("progress", out["reward"])
         if "stage" in out:
@@ -102,6 +109,8 @@ class RewardWrapper:
             sparse = np.zeros(self.num_envs)
         terms = shaped_reward(self.shaping, sparse, self._phi, phi_next, terminated)
         progress = out.get("progress", out["reward"])
+        self.steps += 1
+        self._check_finite({"progress": progress, "sparse": terms["sparse"], "shaping": terms["shaping"]})
         self._phi = phi_next
         if len(ended):  # the next episodes start from their first observation
             self.engine.reset(ended)
@@ -116,6 +125,15 @@ class RewardWrapper:
         if "stage" in out:
             info["learned_stage"] = out["stage"]
         return obs, terms["total"], terminated, truncated, info
+
+    def _check_finite(self, terms: dict[str, np.ndarray]) -> None:
+        """Refuse to hand a NaN or infinite reward to a learner: it would poison every update after it."""
+        for name, v in terms.items():
+            bad = np.flatnonzero(~np.isfinite(np.asarray(v, np.float64)))
+            if len(bad):
+                raise RewardError(f"step {self.steps}: the learned reward's {name!r} term is {v[bad[0]]} for envs "
+                                  f"{bad.tolist()[:8]}; the reward model ({self.model.name}) produced a non-finite "
+                                  "value. Check its checkpoint (NaN weights?) and the env's observations")
 
     def close(self, **kwargs) -> None:
         self.env.close(**kwargs)
