@@ -12,10 +12,12 @@ its first frame to 1 at its last.
 Failure-aware labels (`failure_aware=True`) change what unfinished segments mean. In an episode
 labelled as a failure, a segment that is not completed (the episode regressed to an earlier stage,
 e.g. the cube was dropped, or never finished it) cannot be labelled by time: its tau grows with the
-stage's mean duration in successful episodes, capped below 1 (`UNFINISHED_TAU_CAP`), and from the
-frame the failure began (`failure_step` of the episode info) nothing grows any more: the segment under
-way is frozen and later segments get tau = 0. The model thus sees progress that goes down (stage
-regressions) and that stands still while the robot hovers, so a policy cannot farm reward by waiting.
+stage's mean duration in successful episodes, capped at `UNFINISHED_TAU_CAP` < 1, and from the frame
+the failure began (`failure_step` of the episode info) nothing grows within a stage any more: the
+segment under way is frozen and later segments get tau = 0, so progress after a failure only counts
+the stages the state has reached again (the stage predicates). The model thus sees progress that goes
+down (stage regressions) and that stands still while the robot hovers, so a policy cannot farm reward
+by waiting.
 Without it, every segment is interpolated as if completed (SARM's plain labels).
 
 The frame-index baseline's label is normalized time t / (T - 1), stages ignored.
@@ -31,7 +33,7 @@ from robolearn.data.format import DatasetError
 from robolearn.data.stages import StageAnnotation
 
 UNFINISHED_TAU_CAP = 0.9
-"""tau of an unfinished segment stays below this: it never looks like a completed stage"""
+"""tau of an unfinished segment is at most this: it never looks like a completed stage"""
 
 
 @dataclass

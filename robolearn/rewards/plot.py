@@ -104,8 +104,12 @@ def plot_curves(curves: list[dict[str, np.ndarray]], titles: list[str], stage_na
                           labels=stage_names[:probs.shape[1]], alpha=0.85)
             ax2.set_ylim(0, 1)
             ax2.set_ylabel("P(stage)", fontsize=8)
+        else:  # a model without stages: the panel shows the per-step progress change instead
+            ax2.plot(t, np.diff(c["progress"], prepend=c["progress"][:1]), color="#d62728", lw=1)
+            ax2.axhline(0, color="grey", lw=0.5)
+            ax2.set_ylabel("Δ progress", fontsize=8)
         ax2.set_xlabel("time (s)" if fps else "frame")
-        if i == 0 and stage_names:
+        if i == 0 and stage_names and "stage_probs" in c:
             ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=min(len(stage_names), 5), fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,10 @@ annotate --file`, or by a VLM). Episodes are split into train and validation set
 priors come from the training split's successful episodes; all training frames are decoded once
 into memory (`EpisodeFrames`). Writes under `out/` what `train bc` writes (`robolearn.training`):
 train_config.json, checkpoints/step_NNNNNN and checkpoints/last (the reward-model checkpoint plus
-training state), train_log.jsonl and tb/ with train/loss (and its terms), train/lr, and on the
-validation episodes val/voc (Spearman of progress vs time on successful episodes), val/stage_accuracy
-and val/progress_mae. Running the same command again resumes from checkpoints/last.
+training state), train_log.jsonl, train_summary.json (wall time of the last run) and tb/ with
+train/loss (and its terms), train/lr, and on the validation episodes val/voc (Spearman of progress vs
+time on successful episodes), val/stage_accuracy and val/progress_mae. Running the same command again
+resumes from checkpoints/last.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robolearn.data.format import DatasetError
+from robolearn.data.format import DatasetError, atomic_write_json
 from robolearn.errors import ConfigError
 from robolearn.training import (
     Ema,
@@ -35,7 +36,8 @@ from robolearn.training import (
     truncate_log,
 )
 
-RESUME_KEYS = ("dataset", "model", "model_options", "batch_size", "lr", "seed", "val_fraction", "episodes")
+RESUME_KEYS = ("dataset", "model", "model_options", "batch_size", "lr", "seed", "val_fraction", "episodes", "ema",
+               "warmup_steps")
 
 
 @dataclass
@@ -263,5 +265,6 @@ def run(cfg: TrainRewardConfig) -> Path:
             save_checkpoint(out, step, model, opt, sched, ema)
     bar.close()
     tb.close()
-    append_log(out / "train_log.jsonl", {"step": step, "wall_time_s": time.perf_counter() - t0})
+    atomic_write_json(out / "train_summary.json", {"step": step, "resumed_from": start,
+                                                   "wall_time_s": time.perf_counter() - t0})
     return out

@@ -74,15 +74,23 @@ class RewardWrapper:
         return self.shaping.scale * out["progress" if "progress" in out else "reward"].astype(np.float64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Reset the env; with options["reset_mask"] (N,) bool only those envs restart (their histories
+        and potentials too); the info's progress / learned_stage cover the envs that restarted."""
         obs, info = self.env.reset(seed=seed, options=options)
-        self.engine.reset()
-        out = self.engine.score(obs)
-        self._phi = self._potential(out)
-        self._check_finite({"progress": self._phi})
+        mask = (options or {}).get("reset_mask")
+        ids = np.arange(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, bool))
+        self.engine.reset(ids)
+        out = self.engine.score({k: np.asarray(obs[k])[ids] for k in self.model.config.obs_keys}, env_ids=ids)
+        self._phi[ids] = self._potential(out)
+        self._check_finite({"progress": self._phi[ids]})
         info = dict(info)
-        info["progress"] = out.get("progress", out["reward"])
+        progress = np.full(self.num_envs, np.nan, np.float32)
+        progress[ids] = out.get("progress", out["reward"])
+        info["progress"] = progress
         if "stage" in out:
-            info["learned_stage"] = out["stage"]
+            stage = np.full(self.num_envs, -1, np.int64)
+            stage[ids] = out["stage"]
+            info["learned_stage"] = stage
         return obs, info
 
     def step(self, actions):
