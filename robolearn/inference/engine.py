@@ -62,6 +62,14 @@ class InferenceEngine:
             self.reward_runner = RewardRunner(self.reward_model, num_envs, self.device)
             return
         self.reward_model = None
+        if hasattr(policy, "make_runner"):  # a policy with per-tick state of its own (a residual policy)
+            if compile or cuda_graphs or temporal_ensemble is not None:
+                raise ConfigError(f"compile, cuda_graphs and temporal_ensemble do not apply to a {policy.name} "
+                                  "policy (its base keeps its own queues)")
+            self.policy = policy.to(self.device).eval()
+            self.compile = self.cuda_graphs = False
+            self.runner = policy.make_runner(num_envs, self.device)
+            return
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError("cuda_graphs=true needs a CUDA device (device=cuda or auto on a GPU machine)")
         self.policy = policy.to(self.device).eval()

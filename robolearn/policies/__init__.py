@@ -37,6 +37,7 @@ def register_policy(name: str, target: str) -> None:
 
 register_policy("mlp", "robolearn.policies.mlp:MLPPolicy")
 register_policy("diffusion", "robolearn.policies.diffusion.policy:DiffusionPolicy")
+register_policy("residual", "robolearn.rl.residual:ResidualPolicy")
 
 
 def policy_names() -> list[str]:
