@@ -159,7 +159,11 @@ class _OpenVideo:
             self.stream = self.container.streams.video[0]
         except (av.error.FFmpegError, IndexError) as e:
             raise DatasetError(f"{path}: not a readable video ({e}); re-record or re-convert this episode") from None
-        self.stream.thread_type = "NONE"  # tiny frames: threads cost more than they give
+        # tiny frames: threads cost more than they give. thread_count too, not only thread_type: the AV1
+        # decoder (libdav1d) sizes its own thread pool from it (0 = one per CPU), and a DataLoader worker
+        # forked from a process that had decoded AV1 could hang for good inside that pool
+        self.stream.thread_type = "NONE"
+        self.stream.codec_context.thread_count = 1
         self.tb = float(self.stream.time_base)
         self.path = path
         self._iter = None
