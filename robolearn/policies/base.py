@@ -250,7 +250,7 @@ def read_checkpoint(path: str | Path, what: str = "policy",
     """config.json, features and stats of a checkpoint directory (a `what`, trained with `how`), checked."""
     path = resolve_checkpoint(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such {what} checkpoint directory")
+        raise CheckpointError(f"{path}: no such checkpoint directory (a {what} checkpoint is expected here)")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{path} is not a {what} checkpoint (no config.json); train one with {how}")

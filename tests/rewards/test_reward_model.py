@@ -289,7 +289,7 @@ def test_damaged_checkpoints_are_refused(reward_run, tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_reward_model(p)
 
-    with pytest.raises(CheckpointError, match="no such reward model checkpoint"):
+    with pytest.raises(CheckpointError, match="no such checkpoint directory .a reward model checkpoint"):
         load_reward_model(tmp_path / "nothing_here")
 
 
