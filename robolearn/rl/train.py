@@ -1,0 +1,426 @@
+"""`robolearn train residual`: RL of a residual over a frozen BC base, with a learned or sparse reward.
+
+    robolearn train residual --base runs/bc/peg_mlp --reward runs/reward/peg --algo ppo --out runs/residual/peg_ppo
+
+The env is the one the base's dataset was recorded in (its checkpoint remembers it), with the cameras
+the base and the reward model read. The stack, outermost first:
+
+    VecMonitor(ResidualVecEnv(SB3VecEnv(RewardWrapper(VecEnv) | SuccessReward(VecEnv)), residual))
+
+- `--reward DIR`: a progress model, shaped by `shaping` (potential-based by default, gamma tied to
+  the algorithm's); `--reward sparse`: the task's success (1 on the step it succeeds) alone.
+- PPO (ResiP's recipe): many envs, small action scale, low initial action std, the residual's output
+  layer at zero. SAC (ResFiT's as far as SB3 goes): n-step returns (`NStepReplayBuffer`), a critic
+  ensemble (`n_critics`), update-to-data ratio `utd` (gradient steps per env step).
+
+Writes under `out/`: train_config.json; checkpoints/step_NNNNNNNN/ (a `ResidualPolicy` checkpoint that
+`robolearn eval` takes, plus training_state.safetensors/.json: every network and optimizer of the
+learner and the step count; nothing pickled) and checkpoints/last; tb/ (SB3's rollout and train
+scalars, every reward term as reward/<term>, eval/success_rate); eval_log.jsonl. Rerunning the same
+command resumes from checkpoints/last (learner weights and optimizers restored; envs start new
+episodes; a SAC replay buffer is not kept, so SAC refills it before updating again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from robolearn.data.format import atomic_write_json, to_jsonable
+from robolearn.errors import ConfigError
+from robolearn.rewards.shaping import ShapingConfig
+
+RESUME_KEYS = ("base", "reward", "algo", "task", "num_envs", "scale", "hidden", "seed", "ppo", "sac", "shaping")
+STATE_VERSION = 1
+
+
+@dataclass
+class PPOOptions:
+    """stable-baselines3 PPO settings (ResiP-style defaults)."""
+
+    n_steps: int = 64
+    """env steps per env between updates"""
+    batch_size: int = 512
+    """minibatch size"""
+    n_epochs: int = 5
+    """passes over each rollout"""
+    learning_rate: float = 3e-4
+    """Adam learning rate"""
+    gamma: float = 0.99
+    """discount (also the shaping's gamma)"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    clip_range: float = 0.2
+    """PPO clip"""
+    ent_coef: float = 0.0
+    """entropy bonus"""
+    log_std_init: float = -1.0
+    """initial log std of the residual's Gaussian (small: explore near the base)"""
+    target_kl: float = 0.05
+    """stop an update's epochs early past this KL (0: off)"""
+
+
+@dataclass
+class SACOptions:
+    """stable-baselines3 SAC settings (ResFiT-style where SB3 allows)."""
+
+    buffer_size: int = 200_000
+    """replay buffer transitions"""
+    learning_starts: int = 2000
+    """env steps collected before the first update"""
+    batch_size: int = 256
+    """minibatch size"""
+    utd: int = 2
+    """gradient steps per env step of every env (update-to-data ratio)"""
+    n_step: int = 3
+    """n-step returns"""
+    n_critics: int = 4
+    """critic ensemble size (the target is their minimum)"""
+    learning_rate: float = 3e-4
+    """Adam learning rate"""
+    gamma: float = 0.99
+    """discount (also the shaping's gamma)"""
+    tau: float = 0.005
+    """target network update rate"""
+
+
+@dataclass
+class TrainResidualConfig:
+    """What `robolearn train residual` trains."""
+
+    base: str = ""
+    """base policy checkpoint or run directory (`robolearn train bc`)"""
+    reward: str = "sparse"
+    """progress reward model checkpoint or run directory, or sparse (the task's success alone)"""
+    algo: Literal["ppo", "sac"] = "ppo"
+    """RL algorithm"""
+    task: str = ""
+    """task; empty: the one the base's dataset was recorded on"""
+    out: str = ""
+    """run directory; empty: runs/residual/<task>_<algo>"""
+    num_envs: int = 16
+    """environments stepped together"""
+    num_threads: int = 2
+    """physics threads"""
+    total_steps: int = 200_000
+    """env steps (all envs together)"""
+    scale: float = 0.1
+    """largest correction per action dimension (env action units)"""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """hidden layers of the residual (and of the critic)"""
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    """how progress becomes reward (with a reward model); shaping.gamma follows the algorithm's gamma"""
+    ppo: PPOOptions = field(default_factory=PPOOptions)
+    sac: SACOptions = field(default_factory=SACOptions)
+    eval_every: int = 20_000
+    """env steps between evaluations (0: only at the end)"""
+    eval_episodes: int = 20
+    """seeded episodes per evaluation (0: none)"""
+    save_every: int = 20_000
+    """env steps between checkpoints (and one at the end)"""
+    seed: int = 0
+    """seed of the envs and the learner"""
+    device: str = "cpu"
+    """learner and base device (small MLPs: the CPU is usually fastest)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def validate(self) -> None:
+        if not self.base:
+            raise ConfigError("train residual: name the base policy, e.g. --base runs/bc/peg_mlp")
+        if self.algo not in ("ppo", "sac"):
+            raise ConfigError(f"train residual: algo={self.algo!r} must be ppo or sac")
+        for name in ("num_envs", "total_steps", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train residual: {name}={getattr(self, name)} must be at least 1")
+        if not self.scale > 0:
+            raise ConfigError(f"train residual: scale={self.scale} must be > 0")
+        if self.sac.utd < 1 or self.sac.n_step < 1 or self.sac.n_critics < 1:
+            raise ConfigError("train residual: sac.utd, sac.n_step and sac.n_critics must be at least 1")
+        self.shaping.validate()
+
+
+class SuccessReward:
+    """The task's success as the only reward: 1 on the step an episode succeeds, else 0 (our vector
+    interface; the env's own reward is kept in info["env_reward"])."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def __getattr__(self, name):
+        if name == "env":
+            raise AttributeError(name)
+        return getattr(self.env, name)
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions):
+        obs, env_reward, terminated, truncated, info = self.env.step(actions)
+        success = np.asarray(info["success"], np.float32)
+        info = dict(info)
+        info["env_reward"] = env_reward
+        info["reward_terms"] = {**info.get("reward_terms", {}), "sparse/success": success}
+        return obs, success, terminated, truncated, info
+
+    def close(self, **kwargs) -> None:
+        self.env.close(**kwargs)
+
+
+def build_env(cfg: TrainResidualConfig, base, reward_model, num_envs: int, seed: int):
+    """Our vector env for the base (+ reward model): the base's recorded env with the cameras both read."""
+    from robolearn.eval.sim import policy_env_overrides, recorded_env
+    from robolearn.policies.base import resolve_checkpoint
+    from robolearn.sim.config import EnvConfig
+    from robolearn.sim.registry import make_env
+
+    env_cfg, source = recorded_env(resolve_checkpoint(cfg.base))
+    if env_cfg is None and not cfg.task:
+        raise ConfigError(f"train residual: name the task (--task NAME): {source}")
+    task = cfg.task or env_cfg["task"]
+    known = set(EnvConfig.__dataclass_fields__)
+    settings = {k: v for k, v in (env_cfg or {}).items() if k in known and k != "task"} if (
+        env_cfg and env_cfg.get("task") == task) else {}
+    feats = dict(base.features)
+    if reward_model is not None:
+        feats.update(reward_model.features)
+    need = policy_env_overrides(feats)
+    settings.update(need)
+    settings.update(num_envs=num_envs, num_threads=cfg.num_threads, seed=seed, terminate_on_success=True)
+    return make_env(task, **settings), task
+
+
+def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path):
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.buffers import NStepReplayBuffer
+
+    act = torch.nn.Tanh
+    if cfg.algo == "ppo":
+        p = cfg.ppo
+        model = PPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
+                    learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+                    ent_coef=p.ent_coef, target_kl=p.target_kl or None, seed=cfg.seed, device=cfg.device,
+                    tensorboard_log=str(tb_dir), verbose=0,
+                    policy_kwargs={"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
+                                   "activation_fn": act, "log_std_init": p.log_std_init})
+        out = model.policy.action_net
+    else:
+        s = cfg.sac
+        model = SAC("MlpPolicy", venv, buffer_size=s.buffer_size, learning_starts=s.learning_starts,
+                    batch_size=s.batch_size, gradient_steps=s.utd * venv.num_envs, train_freq=1,
+                    learning_rate=s.learning_rate, gamma=s.gamma, tau=s.tau, seed=cfg.seed, device=cfg.device,
+                    replay_buffer_class=NStepReplayBuffer,
+                    replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma},
+                    tensorboard_log=str(tb_dir), verbose=0,
+                    policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": act, "n_critics": s.n_critics})
+        out = model.actor.mu
+    with torch.no_grad():  # the residual starts at zero: the first rollouts are the base's
+        out.weight.zero_()
+        out.bias.zero_()
+    return model
+
+
+def actor_layers(model, algo: str) -> list[torch.nn.Linear]:
+    """The learner's actor as the residual's Linear layers, in order (hidden..., output)."""
+    if algo == "ppo":
+        hidden = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+        return hidden + [model.policy.action_net]
+    hidden = [m for m in model.actor.latent_pi if isinstance(m, torch.nn.Linear)]
+    return hidden + [model.actor.mu]
+
+
+def export_residual(model, algo: str, policy) -> None:
+    """Copy the learner's actor into `policy.residual` (deterministic action = scale * tanh(actor(x)))."""
+    dst = [m for m in policy.residual if isinstance(m, torch.nn.Linear)]
+    src = actor_layers(model, algo)
+    if [tuple(m.weight.shape) for m in dst] != [tuple(m.weight.shape) for m in src]:
+        raise ConfigError("the learner's actor does not have the residual's layer sizes")
+    with torch.no_grad():
+        for d, s in zip(dst, src):
+            d.weight.copy_(s.weight.detach().to(d.weight.device))
+            d.bias.copy_(s.bias.detach().to(d.bias.device))
+
+
+def _save(out: Path, step: int, model, algo: str, policy) -> Path:
+    """ResidualPolicy checkpoint + the learner's state (safetensors + json), written aside and renamed."""
+    from safetensors.torch import save_file
+
+    from robolearn.training import _flatten_optimizer
+
+    ck = out / "checkpoints"
+    final, tmp = ck / f"step_{step:08d}", ck / f".tmp_step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_residual(model, algo, policy)
+    policy.save(tmp)
+    tensors, meta = {}, {"version": STATE_VERSION, "step": int(model.num_timesteps), "algo": algo, "optimizers": {}}
+    for name, sd in model.get_parameters().items():
+        if name.endswith("optimizer"):
+            t, m = _flatten_optimizer(sd)
+            tensors.update({f"{name}.{k}": v for k, v in t.items()})
+            meta["optimizers"][name] = m
+        else:
+            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
+    if algo == "sac" and getattr(model, "log_ent_coef", None) is not None:
+        tensors["log_ent_coef"] = model.log_ent_coef.detach().cpu().reshape(1)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "training_state.safetensors"))
+    atomic_write_json(tmp / "training_state.json", meta)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    link = ck / ".tmp_last"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(final.name, link)
+    os.replace(link, ck / "last")
+    for old in sorted(ck.glob("step_*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _restore(path: Path, model) -> int:
+    from safetensors.torch import load_file
+
+    meta = json.loads((path / "training_state.json").read_text())
+    if meta.get("version") != STATE_VERSION:
+        raise ConfigError(f"{path}: training state version {meta.get('version')} is not {STATE_VERSION}; "
+                          "restart the run in a new --out")
+    tensors = load_file(str(path / "training_state.safetensors"))
+    params = {}
+    for name, sd in model.get_parameters().items():
+        if name.endswith("optimizer"):
+            m = meta["optimizers"][name]
+            state = {int(i): {k: (tensors[f"{name}.opt.{i}.{k}"] if v == "tensor" else v) for k, v in st.items()}
+                     for i, st in m["state"].items()}
+            params[name] = {"state": state, "param_groups": m["param_groups"]}
+        else:
+            params[name] = {k: tensors[f"{name}.{k}"] for k in sd}
+    model.set_parameters(params, exact_match=True, device=model.device)
+    if "log_ent_coef" in tensors and getattr(model, "log_ent_coef", None) is not None:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(tensors["log_ent_coef"].reshape(model.log_ent_coef.shape))
+    model.num_timesteps = int(meta["step"])
+    return int(meta["step"])
+
+
+def _callback(cfg: TrainResidualConfig, out: Path, policy, start: int, bar):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Progress(BaseCallback):
+        """Progress bar, reward terms as TensorBoard scalars, periodic evaluation and checkpoints."""
+
+        def _on_training_start(self) -> None:
+            self.sums: dict[str, float] = {}
+            self.count = 0
+            self.next_save = (start // cfg.save_every + 1) * cfg.save_every
+            self.next_eval = (start // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                for k, v in (info.get("reward_terms") or {}).items():
+                    self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                self.count += 1
+            bar.update(self.training_env.num_envs)
+            n = self.num_timesteps
+            if n >= self.next_save:
+                self.next_save += cfg.save_every
+                _save(out, n, self.model, cfg.algo, policy)
+            if self.next_eval is not None and n >= self.next_eval:
+                self.next_eval += cfg.eval_every
+                self._evaluate(n)
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.count:
+                for k, v in self.sums.items():
+                    self.logger.record(f"reward/{k}", v / self.count)
+                self.sums, self.count = {}, 0
+
+        def _evaluate(self, n: int) -> None:
+            if not cfg.eval_episodes:
+                return
+            ckpt = _save(out, n, self.model, cfg.algo, policy)
+            rate = evaluate(ckpt, cfg, out / "eval" / f"step_{n:08d}")
+            self.logger.record("eval/success_rate", rate)
+            with open(out / "eval_log.jsonl", "a") as f:
+                f.write(json.dumps({"step": n, "success_rate": rate}) + "\n")
+            bar.set_postfix(success=f"{rate:.2f}")
+
+    return Progress()
+
+
+def evaluate(ckpt: Path, cfg: TrainResidualConfig, out: Path, episodes: int | None = None) -> float:
+    """Success rate of a residual checkpoint over seeded episodes (`robolearn eval`)."""
+    from robolearn.eval.sim import EvalConfig
+    from robolearn.eval.sim import run as run_eval
+
+    res = run_eval(EvalConfig(policy=str(ckpt), task=cfg.task, episodes=episodes or cfg.eval_episodes,
+                              device=cfg.device, out=str(out), progress=False, num_threads=cfg.num_threads))
+    return float(res["success_rate"])
+
+
+def run(cfg: TrainResidualConfig) -> Path:
+    """Train (or resume) a residual and return the run directory."""
+    from stable_baselines3.common.vec_env import VecMonitor
+    from tqdm import tqdm
+
+    from robolearn.config import config_to_dict
+    from robolearn.policies import load_policy
+    from robolearn.rewards import load_reward_model
+    from robolearn.rewards.wrapper import RewardWrapper
+    from robolearn.rl.residual import ResidualPolicy
+    from robolearn.rl.wrappers import ResidualVecEnv
+    from robolearn.sim.sb3 import SB3VecEnv
+    from robolearn.training import prepare_run_dir
+
+    cfg.validate()
+    base = load_policy(cfg.base, cfg.device)
+    if isinstance(base, ResidualPolicy):
+        raise ConfigError(f"train residual: {cfg.base} is already a residual policy; pass its BC base")
+    reward_model = None if cfg.reward == "sparse" else load_reward_model(cfg.reward, cfg.device)
+    gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
+    cfg.shaping.gamma = gamma  # policy invariance needs the learner's discount
+    env, task = build_env(cfg, base, reward_model, cfg.num_envs, cfg.seed)
+    cfg.task = task
+    out = Path(cfg.out or f"runs/residual/{task}_{cfg.algo}")
+    try:
+        from robolearn.eval.sim import _check_fit
+
+        state = prepare_run_dir(out, to_jsonable(config_to_dict(cfg)), RESUME_KEYS)
+
+        _check_fit(base, env)
+        sp = env.single_action_space
+        policy = ResidualPolicy.from_base(base, action_low=sp.low, action_high=sp.high, scale=cfg.scale,
+                                          hidden=list(cfg.hidden), activation="tanh")
+        policy.metadata = {**base.metadata, "residual": {"algo": cfg.algo, "reward": cfg.reward, "run": str(out)}}
+        wrapped = RewardWrapper(env, reward_model, cfg.shaping, device=cfg.device) if reward_model else \
+            SuccessReward(env)
+        venv = VecMonitor(ResidualVecEnv(SB3VecEnv(wrapped), policy, squash=cfg.algo == "ppo", device=cfg.device))
+        venv.seed(cfg.seed)
+        model = _learner(cfg, venv, out / "tb")
+        start = _restore(state, model) if state is not None else 0
+        if start:
+            print(f"resuming {out} from step {start}")
+        bar = tqdm(total=cfg.total_steps, initial=min(start, cfg.total_steps), unit="step",
+                   desc=f"residual {cfg.algo}", disable=not cfg.progress)
+        t0 = time.perf_counter()
+        if start < cfg.total_steps:
+            model.learn(cfg.total_steps - start, callback=_callback(cfg, out, policy, start, bar),
+                        reset_num_timesteps=start == 0, tb_log_name="sb3",
+                        log_interval=1)  # PPO: every rollout; SAC: every episode end
+        bar.close()
+        final = _save(out, int(model.num_timesteps), model, cfg.algo, policy)
+        summary = {"steps": int(model.num_timesteps), "resumed_from": start, "wall_time_s": time.perf_counter() - t0}
+        if cfg.eval_episodes:
+            summary["success_rate"] = evaluate(final, cfg, out / "eval" / "final")
+        atomic_write_json(out / "train_summary.json", summary)
+    finally:
+        env.close()
+    return out
