@@ -24,6 +24,7 @@ from robolearn.policies.base import (
     Policy,
     PolicyConfig,
     build_config,
+    load_weights,
     read_checkpoint,
     resolve_checkpoint,
 )
@@ -61,8 +62,6 @@ def make_policy(name: str, features: dict[str, Feature], stats: dict, options: d
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
     """Load a checkpoint directory written by `Policy.save`, refusing a mismatched one with the reason."""
-    from safetensors.torch import load_file
-
     path = resolve_checkpoint(path)
     raw, features, stats = read_checkpoint(path)
     if raw.get("kind", "policy") != "policy":
@@ -74,18 +73,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> Policy:
         policy = cls(cfg, features, stats)
     except ConfigError as e:  # config, features and stats that do not fit each other: a damaged checkpoint
         raise CheckpointError(f"{path}: {e}") from None
-    state = load_file(str(Path(path) / "model.safetensors"))
-    own = policy.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit a {raw['type']} policy with this config (missing "
-                              f"{missing[:4]}, unexpected {unexpected[:4]}); the checkpoint is damaged or was "
-                              "written by another version")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the config implies "
-                                  f"{tuple(own[k].shape)}")
-    policy.load_state_dict(state, strict=True)
+    load_weights(policy, path, f"{raw['type']} policy")
     policy.metadata = dict(raw.get("metadata") or {})
     return policy.to(device).eval()
 

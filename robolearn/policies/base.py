@@ -192,22 +192,7 @@ class Policy(nn.Module, ABC):
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint directory (files written atomically; an existing one is replaced)."""
-        from safetensors.torch import save
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(path / "model.safetensors", save(tensors))
-        atomic_write_json(path / "stats.json", to_jsonable(self.stats))
-        atomic_write_json(path / "config.json", {
-            "format_version": FORMAT_VERSION,
-            "kind": "policy",
-            "type": self.name,
-            "config": to_jsonable(asdict(self.config)),
-            "features": {k: f.to_json() for k, f in self.features.items()},
-            "metadata": to_jsonable(self.metadata),
-        })
-        return path
+        return write_checkpoint(path, self, "policy")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
@@ -234,6 +219,48 @@ def _batch_size(obs: dict, keys: list[str]) -> int:
         if k in obs:
             return int(obs[k].shape[0])
     raise ObservationError(f"observation has none of the policy's keys ({', '.join(keys)})")
+
+
+def write_checkpoint(path: str | Path, model: nn.Module, kind: str, extra: dict[str, Any] | None = None) -> Path:
+    """A checkpoint directory of a policy or reward model (`model` has name, config, features, stats,
+    metadata): model.safetensors (its state dict), stats.json, and config.json with format_version,
+    kind, type, config, features, the `extra` entries and metadata; each file written atomically."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path / "model.safetensors", save(tensors))
+    atomic_write_json(path / "stats.json", to_jsonable(model.stats))
+    atomic_write_json(path / "config.json", {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "type": model.name,
+        "config": to_jsonable(asdict(model.config)),
+        "features": {k: f.to_json() for k, f in model.features.items()},
+        **to_jsonable(extra or {}),
+        "metadata": to_jsonable(model.metadata),
+    })
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load `path`/model.safetensors into `model` strictly, refusing missing, unexpected or misshapen
+    weights with the reason (`what`: e.g. "mlp policy", for the message)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / "model.safetensors"))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit a {what} with this config (missing "
+                              f"{missing[:4]}, unexpected {unexpected[:4]}); the checkpoint is damaged or was "
+                              "written by another version")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the config implies "
+                                  f"{tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

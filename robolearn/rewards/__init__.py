@@ -17,7 +17,13 @@ import torch
 
 from robolearn.data.format import Feature
 from robolearn.errors import ConfigError, UnknownNameError, did_you_mean
-from robolearn.policies.base import CheckpointError, build_config, read_checkpoint, resolve_checkpoint
+from robolearn.policies.base import (
+    CheckpointError,
+    build_config,
+    load_weights,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from robolearn.rewards.base import RewardModel, RewardModelConfig
 
 _REWARD_MODELS: dict[str, str] = {}  # name -> "module:Class"
@@ -53,8 +59,6 @@ def make_reward_model(name: str, features: dict[str, Feature], stats: dict, opti
 
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
     """Load a checkpoint directory written by `RewardModel.save`, refusing a mismatched one with the reason."""
-    from safetensors.torch import load_file
-
     path = resolve_checkpoint(path)
     raw, features, stats = read_checkpoint(path, "reward model", "`robolearn train reward`")
     if raw.get("kind") != "reward_model":
@@ -69,18 +73,7 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> R
         model = cls(cfg, features, stats, **kwargs)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    state = load_file(str(Path(path) / "model.safetensors"))
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit a {raw['type']} reward model with this config (missing "
-                              f"{missing[:4]}, unexpected {unexpected[:4]}); the checkpoint is damaged or was "
-                              "written by another version")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the config implies "
-                                  f"{tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=True)
+    load_weights(model, path, f"{raw['type']} reward model")
     model.metadata = dict(raw.get("metadata") or {})
     return model.to(device).eval()
 

@@ -21,7 +21,7 @@ without the training code and is refused, with the reason, when it does not fit.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robolearn.data.format import Feature, atomic_write_bytes, atomic_write_json, to_jsonable
+from robolearn.data.format import Feature
 from robolearn.errors import ConfigError
-from robolearn.policies.base import FORMAT_VERSION, ObservationError
+from robolearn.policies.base import ObservationError, write_checkpoint
 from robolearn.policies.normalize import Normalizer
 
 
@@ -152,21 +152,4 @@ class RewardModel(nn.Module, ABC):
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint directory (files written atomically; an existing one is replaced)."""
-        from safetensors.torch import save
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(path / "model.safetensors", save(tensors))
-        atomic_write_json(path / "stats.json", to_jsonable(self.stats))
-        atomic_write_json(path / "config.json", {
-            "format_version": FORMAT_VERSION,
-            "kind": "reward_model",
-            "type": self.name,
-            "config": to_jsonable(asdict(self.config)),
-            "features": {k: f.to_json() for k, f in self.features.items()},
-            "stage_names": self.stage_names,
-            **to_jsonable(self.extra_config()),
-            "metadata": to_jsonable(self.metadata),
-        })
-        return path
+        return write_checkpoint(path, self, "reward_model", {"stage_names": self.stage_names, **self.extra_config()})
