@@ -184,3 +184,38 @@ def truncate_log(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, path)
+
+
+class Optimization:
+    """One model's optimizer state: AdamW, linear warm-up then cosine decay to 0, gradient clipping and
+    an optional weight EMA (what `train bc` and `train reward` share)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, warmup_steps: int, total_steps: int,
+                 grad_clip: float, ema: float):
+        self.model, self.grad_clip = model, grad_clip
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warmup_steps, total_steps))
+        self.ema = Ema(model, ema) if ema else None
+
+    def resume(self, state: Path | None, device) -> int:
+        """Restore the model and this state from a checkpoint (None: a new run); returns its step."""
+        return load_training_state(state, self.model, self.opt, self.sched, self.ema, device) if state else 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One update from `loss`: backward, clip, optimizer and schedule step, EMA update."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, out: Path, step: int) -> Path:
+        """`save_checkpoint` of the model (its EMA weights when there is one) and this state."""
+        return save_checkpoint(out, step, self.model, self.opt, self.sched, self.ema)

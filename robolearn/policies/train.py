@@ -26,13 +26,10 @@ import torch
 
 from robolearn.errors import ConfigError
 from robolearn.training import (
-    Ema,
+    Optimization,
     SeededBatches,
     append_log,
-    load_training_state,
-    lr_factor,
     prepare_run_dir,
-    save_checkpoint,
     truncate_log,
 )
 
@@ -153,12 +150,9 @@ def run(cfg: TrainBCConfig) -> Path:
     weights = _rabc_weights(cfg, reader, policy, out) if cfg.sample_weighting == "progress" else None
     policy.to(device)
     lr = cfg.lr
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    ema = Ema(policy, cfg.ema) if cfg.ema else None
-    start = 0
-    if state is not None:
-        start = load_training_state(state, policy, opt, sched, ema, device)
+    optim = Optimization(policy, lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.grad_clip, cfg.ema)
+    start = optim.resume(state, device)
+    if start:
         print(f"resuming {out} from step {start}")
     truncate_log(out / "train_log.jsonl", start)
     from torch.utils.tensorboard import SummaryWriter
@@ -184,26 +178,19 @@ def run(cfg: TrainBCConfig) -> Path:
         if not torch.isfinite(loss):
             raise ConfigError(f"train bc: the loss became {loss.item()} at step {step}; lower lr (now {lr}) or "
                               "check the dataset statistics")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(policy)
+        optim.step(loss)
         step += 1
         losses.append(loss.item())
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0]}
+            row = {"step": step, "loss": float(np.mean(losses)), "lr": optim.lr}
             losses = []
             tb.add_scalar("train/loss", row["loss"], step)
             tb.add_scalar("train/lr", row["lr"], step)
             append_log(out / "train_log.jsonl", row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            ckpt = save_checkpoint(out, step, policy, opt, sched, ema)
+            ckpt = optim.save(out, step)
             last_eval = step == cfg.steps
             if env_cfg and cfg.eval_episodes and (last_eval or (cfg.eval_every and step % cfg.eval_every == 0)):
                 rate = _evaluate(ckpt, env_cfg, cfg, out, step)

@@ -26,13 +26,10 @@ import torch
 from robolearn.data.format import DatasetError, atomic_write_json
 from robolearn.errors import ConfigError
 from robolearn.training import (
-    Ema,
+    Optimization,
     SeededBatches,
     append_log,
-    load_training_state,
-    lr_factor,
     prepare_run_dir,
-    save_checkpoint,
     truncate_log,
 )
 
@@ -213,12 +210,9 @@ def run(cfg: TrainRewardConfig) -> Path:
     saved.update(dataset=str(Path(cfg.dataset).resolve()), out=str(out))
     state = prepare_run_dir(out, saved, RESUME_KEYS)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    ema = Ema(model, cfg.ema) if cfg.ema else None
-    start = 0
-    if state is not None:
-        start = load_training_state(state, model, opt, sched, ema, device)
+    optim = Optimization(model, cfg.lr, cfg.weight_decay, cfg.warmup_steps, cfg.steps, cfg.grad_clip, cfg.ema)
+    start = optim.resume(state, device)
+    if start:
         print(f"resuming {out} from step {start}")
     truncate_log(out / "train_log.jsonl", start)
     tb = SummaryWriter(str(out / "tb"), purge_step=start if start else None)
@@ -235,20 +229,13 @@ def run(cfg: TrainRewardConfig) -> Path:
         loss, terms = model.training_loss(batch, lab)
         if not torch.isfinite(loss):
             raise ConfigError(f"train reward: the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(model)
+        optim.step(loss)
         step += 1
         logs.append(terms)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             row = {"step": step, **{k: float(np.mean([t[k] for t in logs])) for k in logs[0]},
-                   "lr": sched.get_last_lr()[0]}
+                   "lr": optim.lr}
             logs = []
             for k, v in row.items():
                 if k != "step":
@@ -262,7 +249,7 @@ def run(cfg: TrainRewardConfig) -> Path:
             append_log(out / "train_log.jsonl", {"step": step, **{f"val_{k}": v for k, v in figures.items()}})
             bar.set_postfix(voc=f"{figures.get('voc', float('nan')):.3f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(out, step, model, opt, sched, ema)
+            optim.save(out, step)
     bar.close()
     tb.close()
     atomic_write_json(out / "train_summary.json", {"step": step, "resumed_from": start,
