@@ -103,7 +103,7 @@ def save_checkpoint(out: Path, step: int, policy, opt, sched, ema) -> Path:
     policy.save(tmp)
     if raw is not None:
         policy.load_state_dict(raw)
-    tensors, meta = _flatten_optimizer(opt.state_dict())
+    tensors, meta = flatten_optimizer(opt.state_dict())
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -113,6 +113,14 @@ def save_checkpoint(out: Path, step: int, policy, opt, sched, ema) -> Path:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "training_state.safetensors"))
     atomic_write_json(tmp / "training_state.json", {"version": TRAIN_STATE_VERSION, "step": step,
                                                     "scheduler": sched.state_dict(), "optimizer": meta})
+    commit_checkpoint(tmp, final)
+    return final
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int = 2) -> None:
+    """Move a fully written checkpoint directory `tmp` to `final`, point `<its dir>/last` at it (a
+    symlink swapped in by rename, never half-written) and keep the `keep` newest step_* checkpoints."""
+    ckdir = final.parent
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -121,23 +129,29 @@ def save_checkpoint(out: Path, step: int, policy, opt, sched, ema) -> Path:
         link_tmp.unlink()
     os.symlink(final.name, link_tmp)
     os.replace(link_tmp, ckdir / "last")
-    # keep the two newest step checkpoints
-    for old in sorted(ckdir.glob("step_*"))[:-2]:
+    for old in sorted(ckdir.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_optimizer(sd: dict, prefix: str = "opt") -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict as safetensors-ready tensors `<prefix>.<param>.<name>` + JSON-able meta."""
     tensors, state_meta = {}, {}
     for idx, st in sd["state"].items():
         state_meta[str(idx)] = {}
         for name, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{name}"] = v.detach().cpu()
+                tensors[f"{prefix}.{idx}.{name}"] = v.detach().cpu()
                 state_meta[str(idx)][name] = "tensor"
             else:
                 state_meta[str(idx)][name] = v
     return tensors, {"state": state_meta, "param_groups": sd["param_groups"]}
+
+
+def unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor], prefix: str = "opt", device=None) -> dict:
+    """The inverse of `flatten_optimizer`: an optimizer state dict to `load_state_dict`."""
+    state = {int(idx): {name: (tensors[f"{prefix}.{idx}.{name}"].to(device) if v == "tensor" else v)
+                        for name, v in st.items()} for idx, st in meta["state"].items()}
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def load_training_state(path: Path, policy, opt, sched, ema, device) -> int:
@@ -159,11 +173,7 @@ def load_training_state(path: Path, policy, opt, sched, ema, device) -> int:
         ema.shadow = {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
     else:
         policy.load_state_dict(weights)
-    state = {}
-    for idx, st in meta["optimizer"]["state"].items():
-        state[int(idx)] = {name: (tensors[f"opt.{idx}.{name}"].to(device) if v == "tensor" else v)
-                           for name, v in st.items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    opt.load_state_dict(unflatten_optimizer(meta["optimizer"], tensors, device=device))
     sched.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

@@ -24,7 +24,6 @@ episodes; a SAC replay buffer is not kept, so SAC refills it before updating aga
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -253,7 +252,7 @@ def _save(out: Path, step: int, model, algo: str, policy) -> Path:
     """ResidualPolicy checkpoint + the learner's state (safetensors + json), written aside and renamed."""
     from safetensors.torch import save_file
 
-    from robolearn.training import _flatten_optimizer
+    from robolearn.training import commit_checkpoint, flatten_optimizer
 
     ck = out / "checkpoints"
     final, tmp = ck / f"step_{step:08d}", ck / f".tmp_step_{step:08d}"
@@ -263,30 +262,22 @@ def _save(out: Path, step: int, model, algo: str, policy) -> Path:
     tensors, meta = {}, {"version": STATE_VERSION, "step": int(model.num_timesteps), "algo": algo, "optimizers": {}}
     for name, sd in model.get_parameters().items():
         if name.endswith("optimizer"):
-            t, m = _flatten_optimizer(sd)
-            tensors.update({f"{name}.{k}": v for k, v in t.items()})
-            meta["optimizers"][name] = m
+            t, meta["optimizers"][name] = flatten_optimizer(sd, prefix=f"{name}.opt")
+            tensors.update(t)
         else:
             tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
     if algo == "sac" and getattr(model, "log_ent_coef", None) is not None:
         tensors["log_ent_coef"] = model.log_ent_coef.detach().cpu().reshape(1)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "training_state.safetensors"))
     atomic_write_json(tmp / "training_state.json", meta)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    link = ck / ".tmp_last"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    os.symlink(final.name, link)
-    os.replace(link, ck / "last")
-    for old in sorted(ck.glob("step_*"))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
+    commit_checkpoint(tmp, final)
     return final
 
 
 def _restore(path: Path, model) -> int:
     from safetensors.torch import load_file
+
+    from robolearn.training import unflatten_optimizer
 
     meta = json.loads((path / "training_state.json").read_text())
     if meta.get("version") != STATE_VERSION:
@@ -296,10 +287,7 @@ def _restore(path: Path, model) -> int:
     params = {}
     for name, sd in model.get_parameters().items():
         if name.endswith("optimizer"):
-            m = meta["optimizers"][name]
-            state = {int(i): {k: (tensors[f"{name}.opt.{i}.{k}"] if v == "tensor" else v) for k, v in st.items()}
-                     for i, st in m["state"].items()}
-            params[name] = {"state": state, "param_groups": m["param_groups"]}
+            params[name] = unflatten_optimizer(meta["optimizers"][name], tensors, prefix=f"{name}.opt")
         else:
             params[name] = {k: tensors[f"{name}.{k}"] for k in sd}
     model.set_parameters(params, exact_match=True, device=model.device)
