@@ -119,7 +119,7 @@ def _held_out(reader, model, episodes: list[int]):
     """(scores, truth, success) of `episodes` under `model`'s window and labels."""
     from robolearn.inference.engine import InferenceEngine
     from robolearn.rewards.frames import EpisodeFrames
-    from robolearn.rewards.labels import episode_labels
+    from robolearn.rewards.labels import dataset_episode_labels
 
     table = EpisodeFrames(reader, model.config.obs_keys, episodes)
     scores = InferenceEngine(model, device="cpu").score_episodes(table)
@@ -128,9 +128,7 @@ def _held_out(reader, model, episodes: list[int]):
     mean_frames = np.asarray(model.metadata["stage_mean_frames"])
     truth = []
     for e in episodes:
-        info = reader.meta.episode_info(e)
-        lab = episode_labels(reader.meta.stages(e), int(reader.lengths[e]), names, priors, mean_frames,
-                             success=reader.meta.success(e), failure_step=info.get("failure_step"))
+        lab = dataset_episode_labels(reader, e, priors, mean_frames, bool(getattr(model.config, "failure_aware", True)))
         truth.append({"stage": lab.stage, "progress": lab.progress})
     return scores, truth, np.array([bool(reader.meta.success(e)) for e in episodes])
 

@@ -118,3 +118,14 @@ def episode_labels(ann: StageAnnotation, length: int, stage_names: list[str], pr
     time = np.arange(length) / max(length - 1, 1)
     return EpisodeLabels(ids, tau.astype(np.float32), np.clip(progress, 0, 1).astype(np.float32),
                          time.astype(np.float32))
+
+
+def dataset_episode_labels(reader, ep: int, priors: np.ndarray, mean_frames: np.ndarray,
+                           failure_aware: bool = True) -> EpisodeLabels:
+    """`episode_labels` of episode `ep` of a dataset (`DatasetReader`): its stage annotation, length,
+    success label and recorded failure step."""
+    ep = int(ep)
+    meta = reader.meta
+    return episode_labels(meta.stages(ep), int(reader.lengths[ep]), meta.stage_names, priors, mean_frames,
+                          success=meta.success(ep), failure_step=meta.episode_info(ep).get("failure_step"),
+                          failure_aware=failure_aware)

@@ -48,7 +48,7 @@ def episode_curves(model, reader, episodes: list[int], device: str = "auto") -> 
     label_stage (T,) when the episode has a stage annotation."""
     from robolearn.inference.engine import InferenceEngine
     from robolearn.rewards.frames import EpisodeFrames
-    from robolearn.rewards.labels import episode_labels
+    from robolearn.rewards.labels import dataset_episode_labels
 
     names = reader.meta.stage_names
     table = EpisodeFrames(reader, model.config.obs_keys, episodes)
@@ -60,10 +60,8 @@ def episode_curves(model, reader, episodes: list[int], device: str = "auto") -> 
         d = dict(s)
         ann = reader.meta.stages(int(ep))
         if ann is not None and model.has_stages and list(names) == list(model.stage_names):
-            info = reader.meta.episode_info(int(ep))
-            lab = episode_labels(ann, int(reader.lengths[ep]), names, priors, mean_frames,
-                                 success=reader.meta.success(int(ep)), failure_step=info.get("failure_step"),
-                                 failure_aware=bool(getattr(model.config, "failure_aware", True)))
+            lab = dataset_episode_labels(reader, ep, priors, mean_frames,
+                                         bool(getattr(model.config, "failure_aware", True)))
             d["label_progress"], d["label_stage"] = lab.progress, lab.stage
         elif ann is not None and names:
             d["label_stage"] = ann.stage_ids(int(reader.lengths[ep]), names)

@@ -137,21 +137,16 @@ def labelled_frames(reader, model, episodes: np.ndarray, priors: np.ndarray, mea
                     failure_aware: bool, max_memory_gb: float, progress: bool = False) -> LabelledFrames:
     """Decode `episodes` into memory and label every frame (`robolearn.rewards.labels`)."""
     from robolearn.rewards.frames import EpisodeFrames
-    from robolearn.rewards.labels import episode_labels
+    from robolearn.rewards.labels import dataset_episode_labels
 
     table = EpisodeFrames(reader, model.config.obs_keys, episodes, max_memory_gb, progress)
-    names = reader.meta.stage_names
     parts: dict[str, list[np.ndarray]] = {"stage": [], "tau": [], "progress": [], "time": []}
     success = []
     for ep in episodes:
-        ep = int(ep)
-        ok = reader.meta.success(ep)
-        info = reader.meta.episode_info(ep)
-        lab = episode_labels(reader.meta.stages(ep), int(reader.lengths[ep]), names, priors, mean_frames,
-                             success=ok, failure_step=info.get("failure_step"), failure_aware=failure_aware)
+        lab = dataset_episode_labels(reader, ep, priors, mean_frames, failure_aware)
         for k in parts:
             parts[k].append(getattr(lab, k))
-        success.append(bool(ok))
+        success.append(bool(reader.meta.success(int(ep))))
     labels = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     return LabelledFrames(table, labels, np.asarray(success, bool))
 
