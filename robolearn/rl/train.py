@@ -298,7 +298,23 @@ def _restore(path: Path, model) -> int:
     return int(meta["step"])
 
 
-def _callback(cfg: TrainResidualConfig, out: Path, policy, start: int, bar):
+class _Checkpoints:
+    """Checkpoints of one run: a periodic save and an evaluation that fall on the same callback step
+    share one write. `force` rewrites it: after `learn` returns, PPO has updated on the last rollout
+    at the same step count."""
+
+    def __init__(self, out: Path, algo: str, policy):
+        self.out, self.algo, self.policy = out, algo, policy
+        self.last: tuple[int, Path] | None = None
+
+    def save(self, model, force: bool = False) -> Path:
+        n = int(model.num_timesteps)
+        if force or self.last is None or self.last[0] != n:
+            self.last = (n, _save(self.out, n, model, self.algo, self.policy))
+        return self.last[1]
+
+
+def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, start: int, bar):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Progress(BaseCallback):
@@ -319,7 +335,7 @@ def _callback(cfg: TrainResidualConfig, out: Path, policy, start: int, bar):
             n = self.num_timesteps
             if n >= self.next_save:
                 self.next_save += cfg.save_every
-                _save(out, n, self.model, cfg.algo, policy)
+                checkpoints.save(self.model)
             if self.next_eval is not None and n >= self.next_eval:
                 self.next_eval += cfg.eval_every
                 self._evaluate(n)
@@ -334,7 +350,7 @@ def _callback(cfg: TrainResidualConfig, out: Path, policy, start: int, bar):
         def _evaluate(self, n: int) -> None:
             if not cfg.eval_episodes:
                 return
-            ckpt = _save(out, n, self.model, cfg.algo, policy)
+            ckpt = checkpoints.save(self.model)
             rate = evaluate(ckpt, cfg, out / "eval" / f"step_{n:08d}")
             self.logger.record("eval/success_rate", rate)
             with open(out / "eval_log.jsonl", "a") as f:
@@ -399,12 +415,13 @@ def run(cfg: TrainResidualConfig) -> Path:
         bar = tqdm(total=cfg.total_steps, initial=min(start, cfg.total_steps), unit="step",
                    desc=f"residual {cfg.algo}", disable=not cfg.progress)
         t0 = time.perf_counter()
+        checkpoints = _Checkpoints(out, cfg.algo, policy)
         if start < cfg.total_steps:
-            model.learn(cfg.total_steps - start, callback=_callback(cfg, out, policy, start, bar),
+            model.learn(cfg.total_steps - start, callback=_callback(cfg, out, checkpoints, start, bar),
                         reset_num_timesteps=start == 0, tb_log_name="sb3",
                         log_interval=1)  # PPO: every rollout; SAC: every episode end
         bar.close()
-        final = _save(out, int(model.num_timesteps), model, cfg.algo, policy)
+        final = checkpoints.save(model, force=True)
         summary = {"steps": int(model.num_timesteps), "resumed_from": start, "wall_time_s": time.perf_counter() - t0}
         if cfg.eval_episodes:
             summary["success_rate"] = evaluate(final, cfg, out / "eval" / "final")
