@@ -29,6 +29,7 @@ from torch import Tensor
 
 from robolearn.errors import ConfigError
 from robolearn.inference.queues import ChunkRunner, history_predictor
+from robolearn.policies.base import Policy
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -62,7 +63,7 @@ class InferenceEngine:
             self.reward_runner = RewardRunner(self.reward_model, num_envs, self.device)
             return
         self.reward_model = None
-        if hasattr(policy, "make_runner"):  # a policy with per-tick state of its own (a residual policy)
+        if type(policy).make_runner is not Policy.make_runner:  # per-tick state of its own (a residual policy)
             if compile or cuda_graphs or temporal_ensemble is not None:
                 raise ConfigError(f"compile, cuda_graphs and temporal_ensemble do not apply to a {policy.name} "
                                   "policy (its base keeps its own queues)")

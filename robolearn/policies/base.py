@@ -143,13 +143,19 @@ class Policy(nn.Module, ABC):
         actions = self.normalizer.normalize("action", batch["action"])
         return self.compute_loss(obs, actions, batch["action_is_pad"], batch.get("sample_weight"))
 
-    def select_action(self, obs: dict[str, Tensor | np.ndarray]) -> Tensor:
-        """One control tick for a batch of envs: obs[key] (B, *shape) -> actions (B, D_a)."""
+    def make_runner(self, num_envs: int, device: torch.device | str | None = None):
+        """The per-env state of `select_action` for `num_envs` envs: observation histories and chunk
+        queues (`ChunkRunner`). A policy with other per-tick state overrides it; the inference engine
+        then uses it as is."""
         from robolearn.inference.queues import ChunkRunner
 
+        return ChunkRunner(self, num_envs, device=device)
+
+    def select_action(self, obs: dict[str, Tensor | np.ndarray]) -> Tensor:
+        """One control tick for a batch of envs: obs[key] (B, *shape) -> actions (B, D_a)."""
         b = _batch_size(obs, self.config.obs_keys)
         if self._runner is None or self._runner.num_envs != b:
-            self._runner = ChunkRunner(self, b)
+            self._runner = self.make_runner(b)
         return self._runner.step(obs)
 
     def reset(self, env_ids: list[int] | np.ndarray | None = None) -> None:

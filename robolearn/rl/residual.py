@@ -162,18 +162,9 @@ class ResidualPolicy(Policy):
         now = {k: obs[k][:, -1] for k in self.config.residual_keys}
         return self.combine(base_action, self.correction(self.residual_input(now, base_action)))[:, None]
 
-    def make_runner(self, num_envs: int, device: torch.device | str):
+    def make_runner(self, num_envs: int, device: torch.device | str | None = None):
         """Per-env state for select_action / the inference engine: the base's chunk queues."""
-        return ResidualRunner(self, num_envs, device)
-
-    def select_action(self, obs: dict[str, Tensor | np.ndarray]) -> Tensor:
-        from robolearn.policies.base import _batch_size
-
-        b = _batch_size(obs, self.config.obs_keys)
-        if self._runner is None or self._runner.num_envs != b:
-            self._runner = self.make_runner(b, next(self.parameters()).device)
-        out = self._runner._step(obs)
-        return torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+        return ResidualRunner(self, num_envs, device if device is not None else next(self.parameters()).device)
 
 
 class ResidualRunner:
@@ -191,6 +182,10 @@ class ResidualRunner:
 
     def reset(self, env_ids=None) -> None:
         self.base.reset(env_ids)
+
+    def step(self, obs: dict) -> Tensor:
+        """obs[key] (num_envs, *shape) -> actions (num_envs, D_a) on the device."""
+        return torch.as_tensor(self._step(obs), device=self.device)
 
     def _step(self, obs: dict) -> np.ndarray:
         missing = [k for k in self.policy.config.residual_keys if k not in obs]
