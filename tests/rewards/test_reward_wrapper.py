@@ -204,3 +204,29 @@ def test_partial_reset_keeps_the_other_envs_history(reward_model):
         np.testing.assert_allclose(info["progress"], want, atol=ATOL)
     finally:
         wrapped.close()
+
+
+def test_a_nan_reward_stops_with_the_step_and_term_named(reward_model, tmp_path):
+    """A reward model that outputs NaN (here: NaN weights) is refused before a learner sees the reward."""
+    import torch
+
+    from robolearn.rewards import load_reward_model
+    from robolearn.rewards.wrapper import RewardError
+
+    reward_model.save(tmp_path / "m")
+    broken = load_reward_model(tmp_path / "m")
+    env = _env()
+    wrapped = RewardWrapper(env, broken, device="cpu")
+    try:
+        wrapped.reset(seed=0)
+        wrapped.step(np.zeros((2, 7), np.float32))
+        with torch.no_grad():
+            broken.out.bias.fill_(float("nan"))
+        with pytest.raises(RewardError, match=r"step 2: the learned reward's 'progress' term is nan for envs \[0, 1\]"):
+            wrapped.step(np.zeros((2, 7), np.float32))
+        fresh = RewardWrapper(_env(), broken, device="cpu")
+        with pytest.raises(RewardError, match="step 0"):  # a fresh wrapper refuses it at reset already
+            fresh.reset(seed=0)
+        fresh.close()
+    finally:
+        env.close()
