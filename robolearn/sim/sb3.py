@@ -54,27 +54,38 @@ def _is_image(space: gym.Space) -> bool:
     return isinstance(space, gym.spaces.Box) and len(space.shape) == 3
 
 
-def _item(x: Any) -> Any:
-    """numpy scalar -> Python scalar (loggers and JSON want plain values)."""
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def _split_info(info: dict, i: int, n: int) -> dict:
-    """Env i's entries of a gymnasium vector info (dict of (N,) arrays, masks under '_<key>')."""
-    out = {}
+def _columns(info: dict, n: int) -> list[tuple[str, Any, Any]]:
+    """A gymnasium vector info (dict of (N,) arrays, masks under '_<key>') as [(key, mask, column)]:
+    per-env columns converted once (`tolist` for 1-D arrays: plain Python scalars for loggers and
+    JSON; rows for N-D arrays), nested dicts as nested column lists, anything else shared."""
+    out = []
     for key, value in info.items():
         if key.startswith("_") or key in ("final_obs", "final_info"):
             continue
         mask = info.get("_" + key)
+        mask = None if mask is None else np.asarray(mask, bool).tolist()
+        if isinstance(value, dict):
+            out.append((key, mask, ("dict", _columns(value, n))))
+        elif isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
+            out.append((key, mask, ("col", value.tolist() if value.ndim == 1 else list(value))))
+        else:
+            out.append((key, mask, ("same", value)))
+    return out
+
+
+def _row(columns: list[tuple[str, Any, Any]], i: int) -> dict:
+    """Env i's entries of `_columns`' output."""
+    out = {}
+    for key, mask, (kind, value) in columns:
         if mask is not None and not mask[i]:
             continue
-        if isinstance(value, dict):
-            out[key] = _split_info(value, i, n)
-        elif isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == n:
-            out[key] = _item(value[i])
-        else:
-            out[key] = value
+        out[key] = _row(value, i) if kind == "dict" else (value[i] if kind == "col" else value)
     return out
+
+
+def _split_info(info: dict, i: int, n: int) -> dict:
+    """Env i's entries of a gymnasium vector info (dict of (N,) arrays, masks under '_<key>')."""
+    return _row(_columns(info, n), i)
 
 
 class SB3VecEnv(VecEnv):
@@ -177,12 +188,15 @@ class SB3VecEnv(VecEnv):
         n = self.num_envs
         out = []
         final_obs, final_info = infos.get("final_obs"), infos.get("final_info")
+        columns = _columns(infos, n)
+        final_columns = _columns(final_info, n) if final_info is not None else None
+        has_final = infos.get("_final_info", np.ones(n, bool))
         for i in range(n):
             done = terminated is not None and bool(terminated[i] or truncated[i])
-            if done and final_info is not None and infos.get("_final_info", np.ones(n, bool))[i]:
-                d = _split_info(final_info, i, n)  # the finished episode's last step, not the reset's
+            if done and final_columns is not None and has_final[i]:
+                d = _row(final_columns, i)  # the finished episode's last step, not the reset's
             else:
-                d = _split_info(infos, i, n)
+                d = _row(columns, i)
             if "success" in d:
                 d["is_success"] = bool(d["success"])
             if terminated is not None:
