@@ -1,7 +1,7 @@
 """`ResidualPolicy`: a frozen BC base plus a small residual that learns corrections (ResiP, ResFiT).
 
     action_t = clip(base_t + scale * tanh(residual(x_t)), low, high)
-    x_t      = [normalized observation.state_t, base_t mapped to [-1, 1]]
+    x_t      = [normalized low-dimensional observations_t (state, object poses), base_t mapped to [-1, 1]]
 
 `base_t` is the action the base policy executes at tick t (from its own chunk queue, as it runs
 alone); the residual sees the current proprioception and that action and adds at most `scale` per
@@ -39,12 +39,16 @@ class ResidualConfig(PolicyConfig):
     n_action_steps: int = 1
     scale: float = 0.1
     """largest correction per action dimension, in the env's action units ([-1, 1] for ee_delta)"""
+    dim_scales: dict[str, float] = field(default_factory=dict)
+    """per-dimension scales by action name overriding `scale`, e.g. {gripper: 1.0}: a residual that may
+    overrule the base's gripper (a base that learned to drop from failed demos) but nudges its motion"""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     """hidden layers of the residual"""
     activation: Literal["tanh", "relu"] = "tanh"
     """activation of the hidden layers"""
-    residual_keys: list[str] = field(default_factory=lambda: ["observation.state"])
-    """observation features the residual reads (besides the base action)"""
+    residual_keys: list[str] = field(default_factory=list)
+    """observation features the residual reads (besides the base action); empty: every non-camera
+    feature the base reads (e.g. observation.state and observation.environment_state)"""
     action_low: list[float] = field(default_factory=list)
     """the env's action bounds (empty: the dataset's action min)"""
     action_high: list[float] = field(default_factory=list)
@@ -58,6 +62,9 @@ class ResidualConfig(PolicyConfig):
             raise ConfigError("residual: the residual acts on one tick (n_obs_steps = horizon = n_action_steps = 1)")
         if not self.scale > 0:
             raise ConfigError(f"residual: scale={self.scale} must be > 0")
+        bad = {k: v for k, v in self.dim_scales.items() if not (isinstance(v, (int, float)) and v > 0)}
+        if bad:
+            raise ConfigError(f"residual: dim_scales {bad} must be positive numbers")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"residual: activation={self.activation!r} must be one of {', '.join(ACTIVATIONS)}")
         if not self.base or not {"type", "config", "features", "stats"} <= set(self.base):
@@ -96,6 +103,11 @@ class ResidualPolicy(Policy):
         base = base_cls(build_config(base_cls.config_class, b["config"], "residual base config"), base_features,
                         b["stats"])
         base.metadata = dict(b.get("metadata") or {})
+        if not config.residual_keys:
+            config.residual_keys = [k for k in base.config.obs_keys if k in features and not features[k].is_video]
+            if not config.residual_keys:
+                raise ConfigError("residual: the base reads only cameras; name the low-dimensional features the "
+                                  "residual reads with residual_keys=[observation.state]")
         missing = [k for k in config.residual_keys if k not in features]
         if missing:
             raise ConfigError(f"residual: residual_keys {missing} are not features ({', '.join(features)})")
@@ -109,6 +121,14 @@ class ResidualPolicy(Policy):
         if low.shape != (self.action_dim,) or high.shape != (self.action_dim,) or not (high > low).all():
             raise ConfigError(f"residual: action bounds {low.tolist()}..{high.tolist()} must be {self.action_dim} "
                               "pairs with low < high")
+        names = list(features["action"].names or [])
+        unknown = [k for k in config.dim_scales if k not in names]
+        if unknown:
+            raise ConfigError(f"residual: dim_scales names {unknown} are not action dimensions "
+                              f"({', '.join(names) or 'the action feature has no names'})")
+        scales = np.array([float(config.dim_scales.get(n, config.scale)) for n in names] if names
+                          else [config.scale] * self.action_dim, np.float32)
+        self.register_buffer("scales", torch.from_numpy(scales), persistent=False)
         self.register_buffer("action_low", torch.from_numpy(low))
         self.register_buffer("action_high", torch.from_numpy(high))
         d_in = sum(int(np.prod(features[k].shape)) for k in config.residual_keys) + self.action_dim
@@ -141,8 +161,8 @@ class ResidualPolicy(Policy):
         return torch.cat(parts, dim=1)
 
     def correction(self, x: Tensor) -> Tensor:
-        """(B, input_dim) residual inputs -> (B, D_a) corrections in [-scale, scale]."""
-        return self.config.scale * torch.tanh(self.residual(x))
+        """(B, input_dim) residual inputs -> (B, D_a) corrections in [-scales, scales]."""
+        return self.scales * torch.tanh(self.residual(x))
 
     def combine(self, base_action: Tensor, correction: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(base_action + correction, self.action_high), self.action_low)

@@ -58,7 +58,7 @@ class ResidualVecEnv(VecEnvWrapper):
         self.sb3_keys = {k: venv.key_map[k] for k in need}
         self.engine = InferenceEngine(policy.base, num_envs=venv.num_envs, device=device)
         self.device = self.engine.device
-        self.low, self.high, self.scale = low, high, float(policy.config.scale)
+        self.low, self.high, self.scale = low, high, policy.scales.cpu().numpy()
         d = policy.input_dim
         obs_space = gym.spaces.Box(-np.inf, np.inf, (d,), np.float32)
         a = low.shape[0]
