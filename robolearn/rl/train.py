@@ -37,7 +37,8 @@ from robolearn.data.format import atomic_write_json, to_jsonable
 from robolearn.errors import ConfigError
 from robolearn.rewards.shaping import ShapingConfig
 
-RESUME_KEYS = ("base", "reward", "algo", "task", "num_envs", "scale", "hidden", "seed", "ppo", "sac", "shaping")
+RESUME_KEYS = ("base", "reward", "algo", "task", "num_envs", "scale", "dim_scales", "hidden", "seed", "ppo", "sac",
+               "shaping")
 STATE_VERSION = 1
 
 
@@ -89,6 +90,13 @@ class SACOptions:
     """discount (also the shaping's gamma)"""
     tau: float = 0.005
     """target network update rate"""
+    demos: str = "base"
+    """demonstrations mixed into every batch (ResFiT): base (the base's training dataset), a dataset
+    directory, or none"""
+    demo_fraction: float = 0.5
+    """share of each minibatch drawn from the demonstrations (when there are some)"""
+    critic_warmup: int = 1000
+    """gradient steps that update only the critics before the actor moves (ResFiT's warm-up)"""
 
 
 @dataclass
@@ -113,6 +121,9 @@ class TrainResidualConfig:
     """env steps (all envs together)"""
     scale: float = 0.1
     """largest correction per action dimension (env action units)"""
+    dim_scales: dict[str, float] = field(default_factory=lambda: {"gripper": 1.0})
+    """per-dimension scales by action name overriding `scale` (default: the residual may overrule the
+    base's gripper, which BC on imperfect demos learns to open too early, while it nudges the motion)"""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     """hidden layers of the residual (and of the critic)"""
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
@@ -144,6 +155,10 @@ class TrainResidualConfig:
             raise ConfigError(f"train residual: scale={self.scale} must be > 0")
         if self.sac.utd < 1 or self.sac.n_step < 1 or self.sac.n_critics < 1:
             raise ConfigError("train residual: sac.utd, sac.n_step and sac.n_critics must be at least 1")
+        if not 0 <= self.sac.demo_fraction < 1:
+            raise ConfigError(f"train residual: sac.demo_fraction={self.sac.demo_fraction} must be in [0, 1)")
+        if self.sac.critic_warmup < 0:
+            raise ConfigError(f"train residual: sac.critic_warmup={self.sac.critic_warmup} must be >= 0")
         self.shaping.validate()
 
 
@@ -197,30 +212,49 @@ def build_env(cfg: TrainResidualConfig, base, reward_model, num_envs: int, seed:
     return make_env(task, **settings), task
 
 
-def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path):
-    from stable_baselines3 import PPO, SAC
-    from stable_baselines3.common.buffers import NStepReplayBuffer
+def demo_dataset(cfg: TrainResidualConfig, base) -> str | None:
+    """The dataset SAC mixes into its batches (`sac.demos`), or None."""
+    choice = cfg.sac.demos
+    if cfg.algo != "sac" or choice in ("", "none"):
+        return None
+    if choice == "base":
+        path = (base.metadata or {}).get("dataset")
+        if not path or not Path(path).is_dir():
+            raise ConfigError(f"train residual: sac.demos=base, but the base's training dataset ({path or 'unknown'}) "
+                              "is not there; pass sac.demos=DIR (a dataset of the same task) or sac.demos=none")
+        return str(path)
+    if not Path(choice).is_dir():
+        raise ConfigError(f"train residual: sac.demos={choice!r} is not a dataset directory (or base / none)")
+    return choice
+
+
+def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
+    from robolearn.rl.algorithms import DemoReplayBuffer, ResidualPPO, ResidualSAC
 
     act = torch.nn.Tanh
     if cfg.algo == "ppo":
         p = cfg.ppo
-        model = PPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
-                    learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
-                    ent_coef=p.ent_coef, target_kl=p.target_kl or None, seed=cfg.seed, device=cfg.device,
-                    tensorboard_log=str(tb_dir), verbose=0,
-                    policy_kwargs={"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
-                                   "activation_fn": act, "log_std_init": p.log_std_init})
+        model = ResidualPPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
+                            learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda,
+                            clip_range=p.clip_range, ent_coef=p.ent_coef, target_kl=p.target_kl or None,
+                            seed=cfg.seed, device=cfg.device, tensorboard_log=str(tb_dir), verbose=0,
+                            policy_kwargs={"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
+                                           "activation_fn": act, "log_std_init": p.log_std_init})
         out = model.policy.action_net
     else:
         s = cfg.sac
-        model = SAC("MlpPolicy", venv, buffer_size=s.buffer_size, learning_starts=s.learning_starts,
-                    batch_size=s.batch_size, gradient_steps=s.utd * venv.num_envs, train_freq=1,
-                    learning_rate=s.learning_rate, gamma=s.gamma, tau=s.tau, seed=cfg.seed, device=cfg.device,
-                    replay_buffer_class=NStepReplayBuffer,
-                    replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma},
-                    tensorboard_log=str(tb_dir), verbose=0,
-                    policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": act, "n_critics": s.n_critics})
+        model = ResidualSAC("MlpPolicy", venv, buffer_size=s.buffer_size, learning_starts=s.learning_starts,
+                            batch_size=s.batch_size, gradient_steps=s.utd * venv.num_envs, train_freq=1,
+                            learning_rate=s.learning_rate, gamma=s.gamma, tau=s.tau, seed=cfg.seed,
+                            device=cfg.device, critic_warmup=s.critic_warmup,
+                            replay_buffer_class=DemoReplayBuffer,
+                            replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma, "demos": demos,
+                                                  "demo_fraction": s.demo_fraction},
+                            tensorboard_log=str(tb_dir), verbose=0,
+                            policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": act,
+                                           "n_critics": s.n_critics})
         out = model.actor.mu
+    model.train_threads = cfg.num_threads  # updates take every core; rollouts leave them to the physics
     with torch.no_grad():  # the residual starts at zero: the first rollouts are the base's
         out.weight.zero_()
         out.bias.zero_()
@@ -259,7 +293,8 @@ def _save(out: Path, step: int, model, algo: str, policy) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     export_residual(model, algo, policy)
     policy.save(tmp)
-    tensors, meta = {}, {"version": STATE_VERSION, "step": int(model.num_timesteps), "algo": algo, "optimizers": {}}
+    tensors, meta = {}, {"version": STATE_VERSION, "step": int(model.num_timesteps), "algo": algo, "optimizers": {},
+                         "n_updates": int(model._n_updates)}
     for name, sd in model.get_parameters().items():
         if name.endswith("optimizer"):
             t, meta["optimizers"][name] = flatten_optimizer(sd, prefix=f"{name}.opt")
@@ -295,6 +330,7 @@ def _restore(path: Path, model) -> int:
         with torch.no_grad():
             model.log_ent_coef.copy_(tensors["log_ent_coef"].reshape(model.log_ent_coef.shape))
     model.num_timesteps = int(meta["step"])
+    model._n_updates = int(meta.get("n_updates", 0))  # SAC's critic warm-up is not repeated on resume
     return int(meta["step"])
 
 
@@ -372,6 +408,16 @@ def evaluate(ckpt: Path, cfg: TrainResidualConfig, out: Path, episodes: int | No
 
 def run(cfg: TrainResidualConfig) -> Path:
     """Train (or resume) a residual and return the run directory."""
+    cfg.validate()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # rollouts: the physics threads own the cores (updates take them back)
+    try:
+        return _run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: TrainResidualConfig) -> Path:
     from stable_baselines3.common.vec_env import VecMonitor
     from tqdm import tqdm
 
@@ -384,7 +430,6 @@ def run(cfg: TrainResidualConfig) -> Path:
     from robolearn.sim.sb3 import SB3VecEnv
     from robolearn.training import prepare_run_dir
 
-    cfg.validate()
     base = load_policy(cfg.base, cfg.device)
     if isinstance(base, ResidualPolicy):
         raise ConfigError(f"train residual: {cfg.base} is already a residual policy; pass its BC base")
@@ -402,13 +447,23 @@ def run(cfg: TrainResidualConfig) -> Path:
         _check_fit(base, env)
         sp = env.single_action_space
         policy = ResidualPolicy.from_base(base, action_low=sp.low, action_high=sp.high, scale=cfg.scale,
-                                          hidden=list(cfg.hidden), activation="tanh")
+                                          dim_scales=dict(cfg.dim_scales), hidden=list(cfg.hidden),
+                                          activation="tanh")
         policy.metadata = {**base.metadata, "residual": {"algo": cfg.algo, "reward": cfg.reward, "run": str(out)}}
         wrapped = RewardWrapper(env, reward_model, cfg.shaping, device=cfg.device) if reward_model else \
             SuccessReward(env)
         venv = VecMonitor(ResidualVecEnv(SB3VecEnv(wrapped), policy, squash=cfg.algo == "ppo", device=cfg.device))
         venv.seed(cfg.seed)
-        model = _learner(cfg, venv, out / "tb")
+        demos = None
+        source = demo_dataset(cfg, base)
+        if source is not None:
+            from robolearn.rl.demos import demo_transitions
+
+            demos = demo_transitions(policy, source, reward_model, cfg.shaping, device=cfg.device,
+                                     progress=cfg.progress)
+            print(f"demonstrations: {len(demos)} transitions of {demos.episodes} episodes from {source} "
+                  f"({demos.clipped_fraction:.0%} of steps depart from the base by more than scale={cfg.scale})")
+        model = _learner(cfg, venv, out / "tb", demos)
         start = _restore(state, model) if state is not None else 0
         if start:
             print(f"resuming {out} from step {start}")

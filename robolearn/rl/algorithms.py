@@ -1,0 +1,170 @@
+"""What the residual learners add to stable-baselines3 (by subclassing, as the README says).
+
+- `ResidualPPO`, `ResidualSAC`: the learner's gradient updates run with `train_threads` torch threads
+  while rollouts run with one. On a small CPU the physics threads own the cores during a rollout
+  (torch's idle OpenMP workers would spin against them), and they are idle during an update.
+- `ResidualSAC` adds ResFiT's critic warm-up: the first `critic_warmup` gradient steps update only
+  the critic ensemble (and its target), so the actor starts moving against a critic that has
+  already fit the base's (and the demonstrations') returns instead of a random one.
+- `DemoReplayBuffer`: SB3's `NStepReplayBuffer` with demonstration transitions mixed into every
+  batch (a fixed `demo_fraction` of each minibatch, as in RLPD / ResFiT's symmetric sampling); the
+  demos live in their own n-step buffer, so returns never run across the online data's episodes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.buffers import NStepReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import polyak_update
+
+from robolearn.errors import ConfigError
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with `n` torch threads (None: unchanged), restoring the previous count after."""
+    if not n:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+class ResidualPPO(PPO):
+    """SB3 PPO whose updates use `train_threads` torch threads (module docstring)."""
+
+    train_threads: int | None = None
+
+    def train(self) -> None:
+        with torch_threads(self.train_threads):
+            super().train()
+
+
+class ResidualSAC(SAC):
+    """SB3 SAC with ResFiT's critic warm-up and `train_threads` torch threads for its updates."""
+
+    train_threads: int | None = None
+
+    def __init__(self, *args, critic_warmup: int = 0, **kwargs):
+        if critic_warmup < 0:
+            raise ConfigError(f"critic_warmup={critic_warmup} must be >= 0 gradient steps")
+        self.critic_warmup = int(critic_warmup)
+        super().__init__(*args, **kwargs)
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        with torch_threads(self.train_threads):
+            warm = min(gradient_steps, max(0, self.critic_warmup - self._n_updates))
+            if warm:
+                self._train_critic(warm, batch_size)
+            if gradient_steps > warm:
+                super().train(gradient_steps - warm, batch_size)
+
+    def _train_critic(self, gradient_steps: int, batch_size: int) -> None:
+        """SAC's critic update alone (same target as `SAC.train`: min over the target ensemble of the
+        current actor's next action, minus the entropy term); the actor and alpha do not move."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate([self.critic.optimizer])
+        losses = []
+        for step in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            discounts = data.discounts if data.discounts is not None else self.gamma
+            with torch.no_grad():
+                ent_coef = torch.exp(self.log_ent_coef.detach()) if self.log_ent_coef is not None \
+                    else self.ent_coef_tensor
+                next_actions, next_log_prob = self.actor.action_log_prob(data.next_observations)
+                next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
+                next_q = torch.min(next_q, dim=1, keepdim=True)[0] - ent_coef * next_log_prob.reshape(-1, 1)
+                target = data.rewards + (1 - data.dones) * discounts * next_q
+            current = self.critic(data.observations, data.actions)
+            loss = 0.5 * sum(F.mse_loss(q, target) for q in current)
+            losses.append(float(loss.item()))
+            self.critic.optimizer.zero_grad()
+            loss.backward()
+            self.critic.optimizer.step()
+            if step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+        self._n_updates += gradient_steps
+        self.logger.record("train/critic_loss", float(np.mean(losses)))
+        self.logger.record("train/critic_warmup", 1.0)
+
+
+@dataclass
+class DemoTransitions:
+    """Demonstrations as the residual learner's transitions: observations are the residual's inputs,
+    actions the corrections that turn the base's action into the demonstrated one (in the learner's
+    [-1, 1] action units, clipped: a demo that departs from the base by more than the residual's
+    scale is only followed as far as the scale allows)."""
+
+    observations: np.ndarray
+    """(N, d) float32"""
+    actions: np.ndarray
+    """(N, a) float32 in [-1, 1]"""
+    next_observations: np.ndarray
+    """(N, d) float32"""
+    rewards: np.ndarray
+    """(N,) float32, the same reward the online envs give"""
+    dones: np.ndarray
+    """(N,) float32: 1 where the episode succeeded (a terminal state)"""
+    timeouts: np.ndarray
+    """(N,) float32: 1 on an episode's last kept transition when it did not succeed (bootstrapped)"""
+    episodes: int = 0
+    clipped_fraction: float = 0.0
+    """share of demo steps whose correction exceeded the residual's scale in some action dimension"""
+    reward_terms: dict[str, float] = field(default_factory=dict)
+    """mean of each reward term over the transitions"""
+
+    def __len__(self) -> int:
+        return int(self.observations.shape[0])
+
+
+class DemoReplayBuffer(NStepReplayBuffer):
+    """`NStepReplayBuffer` whose every sampled batch holds `demo_fraction` demonstration transitions
+    (module docstring). Without demos (or with fraction 0) it is exactly its parent."""
+
+    def __init__(self, buffer_size, observation_space, action_space, device="auto", n_envs: int = 1,
+                 optimize_memory_usage: bool = False, handle_timeout_termination: bool = True,
+                 n_steps: int = 3, gamma: float = 0.99, demos: DemoTransitions | None = None,
+                 demo_fraction: float = 0.5):
+        super().__init__(buffer_size, observation_space, action_space, device=device, n_envs=n_envs,
+                         optimize_memory_usage=optimize_memory_usage,
+                         handle_timeout_termination=handle_timeout_termination, n_steps=n_steps, gamma=gamma)
+        if not 0.0 <= demo_fraction < 1.0:
+            raise ConfigError(f"demo_fraction={demo_fraction} must be in [0, 1): the online data needs a share")
+        self.demo_fraction = float(demo_fraction)
+        self.demo: NStepReplayBuffer | None = None
+        if demos is not None and len(demos) and self.demo_fraction > 0:
+            n = len(demos)
+            if demos.observations.shape[1:] != self.obs_shape or demos.actions.shape[1:] != (self.action_dim,):
+                raise ConfigError(f"demo transitions have observations {demos.observations.shape[1:]} and actions "
+                                  f"{demos.actions.shape[1:]}; the learner has {self.obs_shape} and "
+                                  f"({self.action_dim},)")
+            d = NStepReplayBuffer(n, observation_space, action_space, device=device, n_envs=1,
+                                  n_steps=n_steps, gamma=gamma)
+            d.observations[:, 0] = demos.observations
+            d.next_observations[:, 0] = demos.next_observations
+            d.actions[:, 0] = demos.actions
+            d.rewards[:, 0] = demos.rewards
+            d.dones[:, 0] = demos.dones
+            d.timeouts[:, 0] = demos.timeouts
+            d.pos, d.full = 0, True  # pos - 1 (the last row) is an episode's end: n-step never wraps past it
+            self.demo = d
+
+    def sample(self, batch_size: int, env=None) -> ReplayBufferSamples:
+        n_demo = int(round(batch_size * self.demo_fraction)) if self.demo is not None else 0
+        online = super().sample(batch_size - n_demo, env=env)
+        if not n_demo:
+            return online
+        demo = self.demo.sample(n_demo, env=env)
+        return ReplayBufferSamples(*(None if a is None else torch.cat([a, b]) for a, b in zip(online, demo)))
