@@ -1,125 +1,297 @@
-"""`robolearn demo`: the main job on the built-in tasks, end to end.
+"""`robolearn demo` (`make demo`): the main job, end to end, on the built-in default task.
 
-Until the learning pipeline lands this runs what exists: build every native task, roll its scripted
-expert over seeded episodes in the batched env, and write under `runs/demo/`:
-  <task>.mp4        a 2x2 mosaic of the first episodes, front camera, with stage and success overlaid
-  summary.md/.json  success table with Wilson 95% intervals and mean steps to success
+    collect imperfect demos -> BC base (MLP) -> progress model (SARM-style) -> residual PPO with the
+    progress reward -> base vs base+residual on seeded episodes -> runs/demo/report.html
+
+Each stage is the same code its own command runs (`robolearn collect`, `train bc`, `train reward`,
+`train residual`, `eval`), with the defaults below; the demo only chains them and writes the report:
+the success table with Wilson 95% intervals, learning curves (PNG), one video per policy, the
+wall-clock of every stage, and `summary.json` with every figure. Rerunning with the same `out`
+starts over unless `resume=true`, which continues the stages that were cut short.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from robolearn.errors import ConfigError
 from robolearn.stats import wilson_interval
 
 
 @dataclass
 class DemoConfig:
-    """What `robolearn demo` runs."""
+    """What `robolearn demo` runs (`--quick`: the same pipeline at a smoke-test budget)."""
 
-    tasks: list[str] = field(default_factory=list)
-    """tasks to run; empty means every registered native task"""
-    episodes: int = 20
-    """seeded episodes per task (one per env, stepped as one batch)"""
+    task: str = "lift"
+    """task: demos are collected, the base trained and the residual fine-tuned on it"""
+    demos: int = 50
+    """imperfect scripted demonstrations to collect"""
+    action_noise_std: float = 0.1
+    """Gaussian noise on the expert's actions while collecting (imperfect demos)"""
+    failure_fraction: float = 0.3
+    """share of the demos in which the expert fails on purpose"""
+    failure_modes: list[str] = field(default_factory=lambda: ["drop", "stall"])
+    """how those demos fail"""
+    bc_steps: int = 2000
+    """optimizer steps of the BC base (MLP)"""
+    reward_steps: int = 1000
+    """optimizer steps of the progress model"""
+    residual_steps: int = 300_000
+    """env steps of residual PPO"""
+    residual_envs: int = 64
+    """environments stepped together during residual RL"""
+    scale: float = 0.1
+    """largest residual correction per action dimension"""
+    eval_every: int = 25_000
+    """env steps between the learning curve's evaluations"""
+    curve_episodes: int = 50
+    """seeded episodes per learning-curve evaluation"""
+    episodes: int = 100
+    """seeded episodes of the final base vs base+residual evaluation"""
+    video: bool = True
+    """write (and embed in the report) one episode video per policy"""
     quick: bool = False
-    """smoke run: 4 episodes per task"""
+    """smoke run (~2 minutes): 12 demos, short training, 20 evaluation episodes"""
     seed: int = 0
-    """base seed of the episodes"""
+    """seed of the demos, the training runs and the RL envs (evaluations use seed 1000)"""
     num_threads: int = 2
     """physics threads"""
-    camera: str = "front"
-    """camera of the videos"""
-    video_size: tuple[int, int] = (240, 320)
-    """(height, width) of each video tile, pixels"""
-    video_episodes: int = 4
-    """episodes shown in each video (tiled 2 x 2)"""
+    resume: bool = False
+    """continue the stages of an interrupted demo in `out` instead of starting over"""
     out: str = "runs/demo"
     """output directory"""
+    progress: bool = True
+    """progress bars"""
+
+    def apply_quick(self) -> None:
+        if self.quick:
+            self.demos, self.bc_steps, self.reward_steps = min(self.demos, 12), min(self.bc_steps, 300), \
+                min(self.reward_steps, 150)
+            self.residual_steps = min(self.residual_steps, 16_384)
+            self.eval_every = min(self.eval_every, 8_192)
+            self.curve_episodes, self.episodes = min(self.curve_episodes, 10), min(self.episodes, 20)
+
+    def validate(self) -> None:
+        from robolearn.sim.registry import get_task_class
+
+        get_task_class(self.task)  # an unknown name fails before any work, with suggestions
+        for name in ("demos", "bc_steps", "reward_steps", "residual_steps", "residual_envs", "episodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"demo: {name}={getattr(self, name)} must be at least 1")
 
 
-def run_task(task: str, cfg: DemoConfig, out: Path) -> dict:
-    """Roll the expert of one task over `episodes` seeded envs; write its video; return its row."""
-    from tqdm import tqdm
-
-    from robolearn.sim.registry import make_env
-    from robolearn.sim.render import CameraRenderer
-    from robolearn.video import overlay_text, tile, write_mp4
-
-    n = 4 if cfg.quick else cfg.episodes
-    env = make_env(task, num_envs=n, seed=cfg.seed, num_threads=cfg.num_threads, terminate_on_success=False)
-    env.reset()
-    expert = env.task.make_expert(n, env.cfg.max_dpos, env.cfg.max_drot)
-    shown = min(cfg.video_episodes, n)
-    renderer = CameraRenderer(env.nominal, [cfg.camera], *cfg.video_size, depth=False)
-    stages = env.task.stages
-    success = np.zeros(n, bool)
-    first_success = np.full(n, -1)
-    frames = []
+def _stage(name: str, timings: dict, fn):
+    print(f"\n== {name}")
     t0 = time.perf_counter()
-    steps = env.max_episode_steps - 1  # one full episode per env, no auto-reset
-    for t in tqdm(range(steps), desc=f"{task:>12}", unit="step", leave=False):
-        action, _ = expert.act(env.state)
-        _, _, _, _, info = env.step(env.expert_action(action))
-        newly = info["success"] & ~success
-        first_success[newly] = t + 1
-        success |= info["success"]
-        tiles = [
-            overlay_text(renderer.render(env.models[i], env.datas[i], 0)[0],
-                     [f"{task} #{i}", f"stage: {stages[info['stage'][i]]}", "SUCCESS" if success[i] else ""],
-                     bool(success[i]))
-            for i in range(shown)
-        ]
-        frames.append(tile(np.stack(tiles), cols=2))
-    elapsed = time.perf_counter() - t0
-    renderer.close()
-    env.close()
-    video = write_mp4(out / f"{task}.mp4", frames, fps=env.cfg.control_hz)
-    k = int(success.sum())
-    lo, hi = wilson_interval(k, n)
-    return {
-        "task": task,
-        "episodes": n,
-        "successes": k,
-        "success_rate": k / n,
-        "ci95": [lo, hi],
-        "mean_steps_to_success": float(first_success[success].mean()) if k else None,
-        "max_episode_steps": env.max_episode_steps,
-        "wall_s": elapsed,
-        "video": str(video),
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    head = "| task | episodes | success | 95% CI (Wilson) | steps to success | video |\n|---|---|---|---|---|---|\n"
-    def steps(r: dict) -> str:
-        return "-" if r["mean_steps_to_success"] is None else f"{r['mean_steps_to_success']:.0f}"
-
-    body = "".join(
-        f"| {r['task']} | {r['episodes']} | {r['success_rate']:.0%} ({r['successes']}/{r['episodes']}) | "
-        f"{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%} | {steps(r)} | {Path(r['video']).name} |\n"
-        for r in rows
-    )
-    return head + body
+    result = fn()
+    timings[name] = time.perf_counter() - t0
+    print(f"== {name}: {timings[name]:.0f} s")
+    return result
 
 
 def run(cfg: DemoConfig) -> dict:
-    from robolearn.sim.registry import get_task_class, native_task_names
+    """Run the pipeline; return the summary (also written to out/summary.json)."""
+    from robolearn.data.collect import CollectConfig
+    from robolearn.data.collect import run as collect
+    from robolearn.eval.sim import EvalConfig
+    from robolearn.eval.sim import run as evaluate
+    from robolearn.policies.train import TrainBCConfig
+    from robolearn.policies.train import run as train_bc
+    from robolearn.rewards.train import TrainRewardConfig
+    from robolearn.rewards.train import run as train_reward
+    from robolearn.rl.train import TrainResidualConfig
+    from robolearn.rl.train import run as train_residual
 
-    tasks = cfg.tasks or native_task_names()
-    for t in tasks:
-        get_task_class(t)  # unknown names fail before any work
+    cfg.apply_quick()
+    cfg.validate()
     out = Path(cfg.out)
+    if out.exists() and not cfg.resume:
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_task(t, cfg, out) for t in tasks]
-    table = format_table(rows)
-    (out / "summary.md").write_text("# Scripted experts on the native tasks\n\n" + table)
-    summary = {"tasks": rows, "seed": cfg.seed, "quick": cfg.quick}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(table)
-    print(f"videos and summary in {out}/")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    data = out / "data"
+    if not (cfg.resume and (data / "meta" / "info.json").exists() and _complete(data, cfg.demos)):
+        _stage("collect imperfect demos", timings, lambda: collect(CollectConfig(
+            task=cfg.task, episodes=cfg.demos, out=str(data), resume=cfg.resume and data.exists(), cameras=[],
+            num_threads=cfg.num_threads, seed=cfg.seed, action_noise_std=cfg.action_noise_std,
+            failure_fraction=cfg.failure_fraction, failure_modes=list(cfg.failure_modes), progress=cfg.progress)))
+    _stage("train the BC base", timings, lambda: train_bc(TrainBCConfig(
+        dataset=str(data), policy="mlp", out=str(out / "bc"), steps=cfg.bc_steps, eval_episodes=0, seed=cfg.seed,
+        device="cpu", progress=cfg.progress)))
+    _stage("train the progress model", timings, lambda: train_reward(TrainRewardConfig(
+        dataset=str(data), out=str(out / "reward"), steps=cfg.reward_steps, seed=cfg.seed, device="cpu",
+        model_options={"privileged": True}, progress=cfg.progress)))
+    rl = TrainResidualConfig(base=str(out / "bc"), reward=str(out / "reward"), algo="ppo", out=str(out / "residual"),
+                             num_envs=cfg.residual_envs, num_threads=cfg.num_threads, total_steps=cfg.residual_steps,
+                             scale=cfg.scale, eval_every=cfg.eval_every, eval_episodes=cfg.curve_episodes,
+                             save_every=max(cfg.eval_every, cfg.residual_steps // 4), seed=cfg.seed,
+                             progress=cfg.progress)
+    _stage("fine-tune the residual (PPO, progress reward)", timings, lambda: train_residual(rl))
+
+    results = {}
+    for name, policy in (("base", out / "bc"), ("residual", out / "residual")):
+        results[name] = _stage(f"evaluate {name}", timings, lambda policy=policy, name=name: evaluate(EvalConfig(
+            policy=str(policy), episodes=cfg.episodes, num_threads=cfg.num_threads, device="cpu",
+            video=cfg.video, video_episodes=1, out=str(out / "eval" / name), progress=cfg.progress)))
+    wall = time.perf_counter() - t_start
+    summary = _summary(cfg, out, results, timings, wall)
+    atomic = out / "summary.json"
+    atomic.write_text(json.dumps(summary, indent=2))
+    _plot_curves(out, summary)
+    report = write_report(out, summary)
+    print("\n" + format_table(summary))
+    overlap = "do not overlap" if summary["separated"] else "overlap"
+    print(f"\nimprovement {summary['improvement']:+.0%} (intervals {overlap}); total {wall / 60:.1f} min\n"
+          f"report: {report}")
     return summary
+
+
+def _complete(data: Path, episodes: int) -> bool:
+    try:
+        return json.loads((data / "meta" / "info.json").read_text())["total_episodes"] >= episodes
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _row(name: str, res: dict) -> dict:
+    k, n = int(res["successes"]), int(res["episodes"])
+    lo, hi = wilson_interval(k, n)
+    return {"policy": name, "episodes": n, "successes": k, "success_rate": k / n, "ci95": [lo, hi],
+            "mean_episode_length": res["mean_episode_length"], "stage_reach_rates": res["stage_reach_rates"],
+            "videos": [str(v) for v in res.get("videos", [])]}
+
+
+def learning_curve(run_dir: Path) -> list[dict]:
+    """The residual run's periodic evaluations: [{step, success_rate, episodes?}] in step order."""
+    path = Path(run_dir) / "eval_log.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
+
+
+def _summary(cfg: DemoConfig, out: Path, results: dict, timings: dict, wall: float) -> dict:
+    from dataclasses import asdict
+
+    base, res = _row("base (BC, MLP)", results["base"]), _row("base + residual (PPO)", results["residual"])
+    train = json.loads((out / "residual" / "train_summary.json").read_text())
+    return {
+        "task": cfg.task, "config": asdict(cfg), "base": base, "residual": res,
+        "improvement": res["success_rate"] - base["success_rate"],
+        "separated": res["ci95"][0] > base["ci95"][1] or base["ci95"][0] > res["ci95"][1],
+        "curve": learning_curve(out / "residual"), "curve_episodes": cfg.curve_episodes,
+        "residual_train": train, "timings_s": timings, "wall_clock_s": wall,
+    }
+
+
+def format_table(summary: dict) -> str:
+    head = "| policy | success | 95% CI (Wilson) | mean length | stages reached |\n|---|---|---|---|---|\n"
+    body = ""
+    for r in (summary["base"], summary["residual"]):
+        stages = ", ".join(f"{k} {v:.0%}" for k, v in r["stage_reach_rates"].items())
+        body += (f"| {r['policy']} | {r['success_rate']:.0%} ({r['successes']}/{r['episodes']}) | "
+                 f"{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%} | {r['mean_episode_length']:.0f} | {stages} |\n")
+    return head + body
+
+
+def _plot_curves(out: Path, summary: dict) -> Path:
+    """learning_curves.png: eval success of the residual vs env steps (Wilson band) against the base,
+    and the BC / progress-model training losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    curve = summary["curve"]
+    n = summary["curve_episodes"]
+    base = summary["base"]
+    ax.axhspan(base["ci95"][0], base["ci95"][1], color="tab:gray", alpha=0.2)
+    ax.axhline(base["success_rate"], color="tab:gray", ls="--", label=f"base {base['success_rate']:.0%}")
+    if curve:
+        steps = np.array([c["step"] for c in curve])
+        rate = np.array([c["success_rate"] for c in curve])
+        lo_hi = np.array([wilson_interval(round(c["success_rate"] * c.get("episodes", n)), c.get("episodes", n))
+                          for c in curve])
+        ax.plot(steps, rate, "o-", color="tab:blue", label=f"base + residual ({n} episodes each)")
+        ax.fill_between(steps, lo_hi[:, 0], lo_hi[:, 1], color="tab:blue", alpha=0.2)
+    res = summary["residual"]
+    ax.errorbar([summary["residual_train"].get("steps", 0)], [res["success_rate"]],
+                yerr=[[res["success_rate"] - res["ci95"][0]], [res["ci95"][1] - res["success_rate"]]],
+                fmt="s", color="tab:red", label=f"final, {res['episodes']} episodes: {res['success_rate']:.0%}")
+    ax.set(xlabel="env steps (residual PPO)", ylabel="success rate", ylim=(0, 1.02),
+           title="residual RL with the progress reward")
+    ax.legend(loc="lower right", fontsize=8)
+    for ax, path, keys, title in ((axes[1], out / "bc" / "train_log.jsonl", ["loss"], "BC base"),
+                                  (axes[2], out / "reward" / "train_log.jsonl", ["loss", "val_voc"], "progress model")):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            if pts:
+                s, v = zip(*pts)
+                ax.plot(s, v, "o-" if len(s) < 3 else "-", label=k)
+        ax.set(xlabel="optimizer step", title=title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "learning_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _embed(path: Path, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def write_report(out: Path, summary: dict) -> Path:
+    """out/report.html, self-contained (the plot and videos embedded): openable offline, mailable."""
+    e = html.escape
+    rows = ""
+    for r in (summary["base"], summary["residual"]):
+        stages = ", ".join(f"{e(k)} {v:.0%}" for k, v in r["stage_reach_rates"].items())
+        rows += (f"<tr><td>{e(r['policy'])}</td><td><b>{r['success_rate']:.0%}</b> ({r['successes']}/{r['episodes']})"
+                 f"</td><td>{r['ci95'][0]:.0%}–{r['ci95'][1]:.0%}</td><td>{r['mean_episode_length']:.0f}</td>"
+                 f"<td>{stages}</td></tr>")
+    videos = ""
+    for r in (summary["base"], summary["residual"]):
+        for v in r["videos"][:1]:
+            videos += (f"<figure><video controls loop muted autoplay width='320' src='{_embed(Path(v), 'video/mp4')}'>"
+                       f"</video><figcaption>{e(r['policy'])}: {e(Path(v).name)}</figcaption></figure>")
+    timings = "".join(f"<tr><td>{e(k)}</td><td>{v:.0f} s</td></tr>" for k, v in summary["timings_s"].items())
+    cfg = summary["config"]
+    verdict = (f"{summary['improvement']:+.0%} points; the 95% intervals "
+               f"{'do not overlap' if summary['separated'] else 'overlap'}")
+    curve = out / "learning_curves.png"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>robolearn demo: {e(summary['task'])}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{display:inline-block;margin:0 1em 1em 0}}
+.small{{color:#666;font-size:90%}}</style></head><body>
+<h1>Residual RL on <code>{e(summary['task'])}</code></h1>
+<p>{cfg['demos']} imperfect scripted demos (action noise {cfg['action_noise_std']}, {cfg['failure_fraction']:.0%}
+failing on purpose) &rarr; BC base (MLP, {cfg['bc_steps']} steps) &rarr; stage-aware progress model
+({cfg['reward_steps']} steps) &rarr; residual PPO with the potential-shaped progress reward
+({summary['residual_train'].get('steps', 0):,} env steps, {cfg['residual_envs']} envs, scale {cfg['scale']})
+&rarr; both policies on the same {summary['base']['episodes']} seeded episodes.</p>
+<h2>Success</h2><table><tr><th>policy</th><th>success</th><th>95% CI (Wilson)</th><th>mean length</th>
+<th>stages reached</th></tr>{rows}</table><p>Improvement: <b>{verdict}</b>.</p>
+<h2>Learning curves</h2><img src="{_embed(curve, 'image/png')}" width="100%">
+<h2>Videos</h2>{videos or '<p class="small">no videos (video=false)</p>'}
+<h2>Time</h2><table>{timings}<tr><td><b>total</b></td><td><b>{summary['wall_clock_s'] / 60:.1f} min</b></td></tr>
+</table><p class="small">Runs: data/, bc/, reward/, residual/ (TensorBoard in residual/tb), eval/ under
+{e(str(out))}. Every figure is in summary.json.</p></body></html>"""
+    path = out / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path

@@ -278,6 +278,13 @@ VERBS: dict[str, Verb] = {
         config="RewardBenchConfig",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
+    "bench residual": Verb(
+        "measure residual RL: demo improvement, steps to 90% with progress vs sparse reward, PPO and SAC, throughput",
+        "robolearn.rl.bench",
+        config="ResidualBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
+               Flag("--quick", "a minutes-long smoke version (sets quick=true)", field="quick")),
+    ),
     "eval": Verb(
         "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
         "robolearn.eval.sim",

@@ -94,9 +94,10 @@ def recorded_env(policy_dir: str | Path) -> tuple[dict | None, str]:
     parent and its run dir (`<run>/checkpoints/<name>`), then reads `<dataset>/meta/robolearn.json`.
     Returns (None, why) when there is none; a record naming a dataset that is gone is a reason too."""
     from robolearn.data.format import read_json
+    from robolearn.policies.base import resolve_checkpoint
 
     ckpt = Path(policy_dir)
-    config = ckpt / "config.json"
+    config = resolve_checkpoint(ckpt) / "config.json"  # a run dir means its checkpoints/last
     if config.is_file():  # a checkpoint written by `robolearn train bc` carries its env config
         env = (read_json(config, "").get("metadata") or {}).get("env")
         if isinstance(env, dict) and env.get("task"):

@@ -50,7 +50,7 @@ class PPOOptions:
     """env steps per env between updates"""
     batch_size: int = 512
     """minibatch size"""
-    n_epochs: int = 5
+    n_epochs: int = 10
     """passes over each rollout"""
     learning_rate: float = 3e-4
     """Adam learning rate"""
@@ -334,6 +334,16 @@ def _restore(path: Path, model) -> int:
     return int(meta["step"])
 
 
+def _previous_train_wall(out: Path, start: int) -> float:
+    """Training seconds of the run before a resume at `start` (from its last evaluation at or before it)."""
+    path = out / "eval_log.jsonl"
+    if not start or not path.exists():
+        return 0.0
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("step", 0) <= start and "train_wall_s" in r]
+    return float(rows[-1]["train_wall_s"]) if rows else 0.0
+
+
 class _Checkpoints:
     """Checkpoints of one run: a periodic save and an evaluation that fall on the same callback step
     share one write. `force` rewrites it: after `learn` returns, PPO has updated on the last rollout
@@ -350,17 +360,21 @@ class _Checkpoints:
         return self.last[1]
 
 
-def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, start: int, bar):
+def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, start: int, bar, timing: dict):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class Progress(BaseCallback):
         """Progress bar, reward terms as TensorBoard scalars, periodic evaluation and checkpoints."""
 
         def _on_training_start(self) -> None:
+            self.t0 = time.perf_counter()
+            self.eval_s = 0.0  # evaluations and checkpoints: not training time
             self.sums: dict[str, float] = {}
             self.count = 0
             self.next_save = (start // cfg.save_every + 1) * cfg.save_every
             self.next_eval = (start // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
+            if start == 0 and cfg.eval_every:
+                self._evaluate(0)  # the curve starts at the base: the residual's output is still zero
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
@@ -386,11 +400,16 @@ def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, st
         def _evaluate(self, n: int) -> None:
             if not cfg.eval_episodes:
                 return
+            t = time.perf_counter()
             ckpt = checkpoints.save(self.model)
             rate = evaluate(ckpt, cfg, out / "eval" / f"step_{n:08d}")
+            self.eval_s += time.perf_counter() - t
+            timing["eval_s"] = self.eval_s
+            train_s = time.perf_counter() - self.t0 - self.eval_s
             self.logger.record("eval/success_rate", rate)
             with open(out / "eval_log.jsonl", "a") as f:
-                f.write(json.dumps({"step": n, "success_rate": rate}) + "\n")
+                f.write(json.dumps({"step": n, "success_rate": rate, "episodes": cfg.eval_episodes,
+                                    "train_wall_s": round(train_s + timing["before_s"], 2)}) + "\n")
             bar.set_postfix(success=f"{rate:.2f}")
 
     return Progress()
@@ -471,13 +490,19 @@ def _run(cfg: TrainResidualConfig) -> Path:
                    desc=f"residual {cfg.algo}", disable=not cfg.progress)
         t0 = time.perf_counter()
         checkpoints = _Checkpoints(out, cfg.algo, policy)
+        # training wall-clock before this session (a resumed run's curve keeps counting from there)
+        timing = {"eval_s": 0.0, "before_s": _previous_train_wall(out, start)}
         if start < cfg.total_steps:
-            model.learn(cfg.total_steps - start, callback=_callback(cfg, out, checkpoints, start, bar),
+            model.learn(cfg.total_steps - start, callback=_callback(cfg, out, checkpoints, start, bar, timing),
                         reset_num_timesteps=start == 0, tb_log_name="sb3",
                         log_interval=1)  # PPO: every rollout; SAC: every episode end
         bar.close()
         final = checkpoints.save(model, force=True)
-        summary = {"steps": int(model.num_timesteps), "resumed_from": start, "wall_time_s": time.perf_counter() - t0}
+        wall = time.perf_counter() - t0
+        learn_s = max(wall - timing["eval_s"], 1e-9)
+        summary = {"steps": int(model.num_timesteps), "resumed_from": start, "wall_time_s": wall,
+                   "train_wall_s": learn_s + timing["before_s"],
+                   "env_steps_per_s": (int(model.num_timesteps) - start) / learn_s}
         if cfg.eval_episodes:
             summary["success_rate"] = evaluate(final, cfg, out / "eval" / "final")
         atomic_write_json(out / "train_summary.json", summary)

@@ -52,7 +52,7 @@ def test_ppo_with_the_progress_reward_trains_evaluates_and_resumes(pieces, tmp_p
     assert isinstance(policy, ResidualPolicy) and policy.config.scale == 0.1
     assert policy.metadata["residual"]["reward"] == str(reward)
     evals = [json.loads(x) for x in (out / "eval_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [32, 64] and all(0 <= e["success_rate"] <= 1 for e in evals)
+    assert [e["step"] for e in evals] == [0, 32, 64] and all(0 <= e["success_rate"] <= 1 for e in evals)
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 64 and summary["resumed_from"] == 0 and 0 <= summary["success_rate"] <= 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,0 +1,238 @@
+"""Residual-RL benchmark (`robolearn bench residual`, `bench/residual.py`).
+
+1. The demo pipeline (`robolearn demo`, its defaults): imperfect demos -> BC base -> progress model ->
+   residual PPO with the progress reward -> base vs base+residual on 100 seeded episodes. Gives
+   base_success, residual_success, base_ci, residual_ci, wall_clock_s and the progress curve.
+2. The same residual PPO (same base, seed, envs and budget) with the sparse success reward alone:
+   steps_to_90_sparse (null where it never gets there; its curve is reported either way).
+3. Residual SAC (ResFiT: demos in the replay batches, critic warm-up, n-step, critic ensemble,
+   UTD > 1) with the progress reward: steps and wall-clock to 90%.
+4. Throughput: residual PPO's env-steps/s (training time, evaluations excluded) over the raw
+   `VecEnv`'s steps/s with the same env count and threads, measured in the same run.
+
+"steps to 90%" is the first periodic evaluation (`curve_episodes` seeded episodes, deterministic
+residual) at or above 90% success; wall-clock counts training time only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {"improvement": 0.25, "sample_efficiency": 3.0, "ppo_throughput_ratio": 0.6}
+
+
+@dataclass
+class ResidualBenchConfig:
+    """What `robolearn bench residual` measures."""
+
+    demo: dict[str, Any] = field(default_factory=dict)
+    """DemoConfig fields overriding the demo's defaults (e.g. {residual_steps: 200000})"""
+    sparse: bool = True
+    """run the sparse-reward comparison"""
+    sac: bool = True
+    """run residual SAC with the progress reward"""
+    sac_steps: int = 60_000
+    """env steps of the SAC run"""
+    sac_envs: int = 16
+    """environments of the SAC run"""
+    sac_eval_every: int = 10_000
+    """env steps between the SAC run's evaluations"""
+    threshold: float = 0.9
+    """success rate the "steps to" figures are measured at"""
+    throughput_steps: int = 4000
+    """vector steps of the raw VecEnv timing"""
+    quick: bool = False
+    """smoke run: the demo's --quick budget and tiny comparison runs"""
+    work_dir: str = "runs/bench_residual"
+    """where the runs go (kept: the demo report is worth a look)"""
+    json_path: str = "bench/results/residual.json"
+    """JSON report"""
+    plot_path: str = "bench/results/residual.png"
+    """learning curves of the three runs (PNG)"""
+    progress: bool = False
+    """progress bars of the training runs"""
+
+
+def steps_to(curve: list[dict], threshold: float) -> tuple[int | None, float | None]:
+    """First (step, training wall-clock) of an eval curve at or above `threshold`; (None, None) if never."""
+    for row in curve:
+        if row["success_rate"] >= threshold:
+            return int(row["step"]), row.get("train_wall_s")
+    return None, None
+
+
+def raw_vecenv_steps_per_s(task: str, num_envs: int, num_threads: int, steps: int, seed: int = 0) -> float:
+    """Steps/s of the bare `VecEnv` with random actions in its action space (auto-resets included)."""
+    from robolearn.sim.registry import make_env
+
+    env = make_env(task, num_envs=num_envs, num_threads=num_threads, seed=seed, terminate_on_success=True)
+    try:
+        env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        sp = env.single_action_space
+        actions = rng.uniform(sp.low, sp.high, (64, num_envs, sp.shape[0])).astype(np.float32)
+        for i in range(20):
+            env.step(actions[i % 64])
+        t = time.perf_counter()
+        for i in range(steps):
+            env.step(actions[i % 64])
+        return steps * num_envs / (time.perf_counter() - t)
+    finally:
+        env.close()
+
+
+def run(cfg: ResidualBenchConfig) -> dict:
+    from robolearn.demo import DemoConfig, learning_curve
+    from robolearn.demo import run as run_demo
+    from robolearn.rl.train import TrainResidualConfig
+    from robolearn.rl.train import run as train_residual
+
+    work = Path(cfg.work_dir)
+    from robolearn.config import config_from_dict
+
+    demo_cfg = config_from_dict(DemoConfig, {**cfg.demo, "out": str(work / "demo"), "quick": cfg.quick,
+                                             "progress": cfg.progress})
+    t0 = time.perf_counter()
+    demo = run_demo(demo_cfg)
+    runs = {"progress (PPO)": demo["curve"]}
+    base = work / "demo" / "bc"
+    common = dict(base=str(base), num_envs=demo_cfg.residual_envs, num_threads=demo_cfg.num_threads,
+                  scale=demo_cfg.scale, seed=demo_cfg.seed, progress=cfg.progress)
+    sparse_curve: list[dict] = []
+    if cfg.sparse:
+        print("\n== residual PPO with the sparse success reward (same base, seed and budget)")
+        sparse_dir = work / "ppo_sparse"
+        train_residual(TrainResidualConfig(
+            reward="sparse", algo="ppo", out=str(sparse_dir), total_steps=demo_cfg.residual_steps,
+            eval_every=demo_cfg.eval_every, eval_episodes=demo_cfg.curve_episodes,
+            save_every=demo_cfg.residual_steps, **common))
+        sparse_curve = learning_curve(sparse_dir)
+        runs["sparse (PPO)"] = sparse_curve
+    sac_curve: list[dict] = []
+    if cfg.sac:
+        print("\n== residual SAC (ResFiT recipe) with the progress reward")
+        sac_dir = work / "sac_progress"
+        steps = min(cfg.sac_steps, 4096) if cfg.quick else cfg.sac_steps
+        every = min(cfg.sac_eval_every, 2048) if cfg.quick else cfg.sac_eval_every
+        train_residual(TrainResidualConfig(
+            reward=str(work / "demo" / "reward"), algo="sac", out=str(sac_dir), total_steps=steps,
+            eval_every=every, eval_episodes=demo_cfg.curve_episodes, save_every=steps,
+            **{**common, "num_envs": cfg.sac_envs}))
+        sac_curve = learning_curve(sac_dir)
+        runs["progress (SAC)"] = sac_curve
+
+    raw = raw_vecenv_steps_per_s(demo["task"], demo_cfg.residual_envs, demo_cfg.num_threads,
+                                 max(50, cfg.throughput_steps // (8 if cfg.quick else 1) // demo_cfg.residual_envs))
+    ppo_sps = float(demo["residual_train"]["env_steps_per_s"])
+    p_steps, p_wall = steps_to(demo["curve"], cfg.threshold)
+    s_steps, s_wall = steps_to(sparse_curve, cfg.threshold)
+    c_steps, c_wall = steps_to(sac_curve, cfg.threshold)
+    result = {
+        "format_version": 1,
+        "task": demo["task"],
+        "base_success": demo["base"]["success_rate"],
+        "residual_success": demo["residual"]["success_rate"],
+        "base_ci": demo["base"]["ci95"],
+        "residual_ci": demo["residual"]["ci95"],
+        "improvement": demo["improvement"],
+        "intervals_separated": demo["separated"],
+        "episodes": demo["base"]["episodes"],
+        "threshold": cfg.threshold,
+        "steps_to_90_progress": p_steps,
+        "steps_to_90_sparse": s_steps,
+        "sample_efficiency": (s_steps / p_steps) if (s_steps and p_steps) else None,
+        "ppo_steps_to_90": p_steps, "ppo_wall_s_to_90": p_wall,
+        "sac_steps_to_90": c_steps, "sac_wall_s_to_90": c_wall,
+        "ppo_env_steps_per_s": ppo_sps,
+        "raw_vecenv_steps_per_s": raw,
+        "ppo_throughput_ratio": ppo_sps / raw,
+        "wall_clock_s": demo["wall_clock_s"],
+        "demo_timings_s": demo["timings_s"],
+        "curves": runs,
+        "budget_steps": demo_cfg.residual_steps,
+        "sac_budget_steps": cfg.sac_steps if not cfg.quick else min(cfg.sac_steps, 4096),
+        "config": asdict(cfg),
+        "bench_wall_s": time.perf_counter() - t0,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    sparse_never = cfg.sparse and s_steps is None and p_steps is not None
+    if sparse_never:  # sparse never got there within the budget: the ratio is at least budget / progress steps
+        result["sample_efficiency_lower_bound"] = demo_cfg.residual_steps / p_steps
+    eff = result["sample_efficiency"] or result.get("sample_efficiency_lower_bound")
+    result["passed"] = {
+        "improvement": bool(result["improvement"] >= TARGETS["improvement"] and demo["separated"]),
+        "sample_efficiency": bool(eff is not None and eff >= TARGETS["sample_efficiency"]),
+        "ppo_throughput_ratio": bool(result["ppo_throughput_ratio"] >= TARGETS["ppo_throughput_ratio"]),
+    }
+    result["targets"] = TARGETS
+    _plot(runs, demo, cfg)
+    path = Path(cfg.json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    print(format_table(result))
+    print(f"wrote {path} and {cfg.plot_path}")
+    return result
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "not reached"
+    return f"{v:.0%}" if pct else (f"{v:,.0f}" if isinstance(v, (int, float)) and abs(v) >= 10 else f"{v:.2f}")
+
+
+def format_table(r: dict) -> str:
+    lo = lambda ci: f"{ci[0]:.0%}–{ci[1]:.0%}"  # noqa: E731
+    rows = [
+        ("base success (BC)", f"{r['base_success']:.0%} ({lo(r['base_ci'])})", ""),
+        ("base + residual success", f"{r['residual_success']:.0%} ({lo(r['residual_ci'])})", ""),
+        ("improvement", f"{r['improvement']:+.0%} ({'separated' if r['intervals_separated'] else 'overlapping'})",
+         f">= +{TARGETS['improvement']:.0%}, separated"),
+        ("PPO steps to 90%: progress reward", _fmt(r["steps_to_90_progress"]), ""),
+        ("PPO steps to 90%: sparse reward", _fmt(r["steps_to_90_sparse"]), ""),
+        ("sample efficiency (sparse / progress)",
+         _fmt(r["sample_efficiency"]) if r["sample_efficiency"] else
+         (f">= {r['sample_efficiency_lower_bound']:.1f} (sparse never reached it)"
+          if r.get("sample_efficiency_lower_bound") else "n/a"), f">= {TARGETS['sample_efficiency']:.0f}x"),
+        ("PPO wall-clock to 90% (s)", _fmt(r["ppo_wall_s_to_90"]), ""),
+        ("SAC steps to 90%", _fmt(r["sac_steps_to_90"]), ""),
+        ("SAC wall-clock to 90% (s)", _fmt(r["sac_wall_s_to_90"]), ""),
+        ("PPO env-steps/s / raw VecEnv", f"{r['ppo_env_steps_per_s']:.0f} / {r['raw_vecenv_steps_per_s']:.0f} = "
+         f"{r['ppo_throughput_ratio']:.2f}", f">= {TARGETS['ppo_throughput_ratio']}"),
+        ("demo wall-clock", f"{r['wall_clock_s'] / 60:.1f} min", "<= 15 min"),
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    lines = [f"{'figure':<{w}}  {'value':<32}  target", "-" * (w + 50)]
+    lines += [f"{a:<{w}}  {b:<32}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def _plot(runs: dict[str, list[dict]], demo: dict, cfg: ResidualBenchConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    b = demo["base"]
+    ax.axhspan(b["ci95"][0], b["ci95"][1], color="tab:gray", alpha=0.2)
+    ax.axhline(b["success_rate"], color="tab:gray", ls="--", label=f"BC base {b['success_rate']:.0%}")
+    ax.axhline(cfg.threshold, color="k", lw=0.5, ls=":")
+    for name, curve in runs.items():
+        if curve:
+            ax.plot([c["step"] for c in curve], [c["success_rate"] for c in curve], "o-", label=name)
+    ax.set(xlabel="env steps", ylabel=f"success ({demo['curve_episodes']} seeded episodes)", ylim=(0, 1.02),
+           title=f"residual RL on {demo['task']}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(cfg.plot_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cfg.plot_path, dpi=100)
+    plt.close(fig)
