@@ -144,6 +144,15 @@ def run(cfg: DemoConfig) -> dict:
             policy=str(policy), episodes=cfg.episodes, num_threads=cfg.num_threads, device="cpu",
             video=cfg.video, video_episodes=1, out=str(out / "eval" / name), progress=cfg.progress)))
     wall = time.perf_counter() - t_start
+    previous = out / "summary.json"
+    if cfg.resume and previous.exists():  # a resumed demo counts the time its earlier invocations spent
+        try:
+            before = json.loads(previous.read_text())
+            for k, v in before.get("timings_s", {}).items():
+                timings[k] = timings.get(k, 0.0) + float(v)
+            wall += float(before.get("wall_clock_s", 0.0))
+        except (OSError, ValueError):
+            pass
     summary = _summary(cfg, out, results, timings, wall)
     atomic = out / "summary.json"
     atomic.write_text(json.dumps(summary, indent=2))

@@ -503,6 +503,12 @@ def _run(cfg: TrainResidualConfig) -> Path:
         summary = {"steps": int(model.num_timesteps), "resumed_from": start, "wall_time_s": wall,
                    "train_wall_s": learn_s + timing["before_s"],
                    "env_steps_per_s": (int(model.num_timesteps) - start) / learn_s}
+        old = out / "train_summary.json"
+        if start >= cfg.total_steps and old.exists():  # nothing trained now: keep the run's own figures
+            before = json.loads(old.read_text())
+            for k in ("train_wall_s", "env_steps_per_s"):
+                if k in before:
+                    summary[k] = before[k]
         if cfg.eval_episodes:
             summary["success_rate"] = evaluate(final, cfg, out / "eval" / "final")
         atomic_write_json(out / "train_summary.json", summary)
