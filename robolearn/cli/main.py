@@ -279,7 +279,7 @@ VERBS: dict[str, Verb] = {
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
     "bench residual": Verb(
-        "measure residual RL: demo improvement, steps to 90% with progress vs sparse reward, PPO and SAC, throughput",
+        "measure residual RL: demo gain, steps to 90 percent success (progress vs sparse, PPO, SAC), throughput",
         "robolearn.rl.bench",
         config="ResidualBenchConfig",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
