@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robolearn.data.format import atomic_write_bytes, atomic_write_json
 from robolearn.errors import ConfigError
 from robolearn.stats import wilson_interval
 
@@ -120,7 +121,7 @@ def run(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
 
     data = out / "data"
-    if not (cfg.resume and (data / "meta" / "info.json").exists() and _complete(data, cfg.demos)):
+    if not (cfg.resume and _complete(data, cfg.demos)):
         _stage("collect imperfect demos", timings, lambda: collect(CollectConfig(
             task=cfg.task, episodes=cfg.demos, out=str(data), resume=cfg.resume and data.exists(), cameras=[],
             num_threads=cfg.num_threads, seed=cfg.seed, action_noise_std=cfg.action_noise_std,
@@ -154,8 +155,7 @@ def run(cfg: DemoConfig) -> dict:
         except (OSError, ValueError):
             pass
     summary = _summary(cfg, out, results, timings, wall)
-    atomic = out / "summary.json"
-    atomic.write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary)
     _plot_curves(out, summary)
     report = write_report(out, summary)
     print("\n" + format_table(summary))
@@ -166,9 +166,12 @@ def run(cfg: DemoConfig) -> dict:
 
 
 def _complete(data: Path, episodes: int) -> bool:
+    from robolearn.data.dataset import DatasetMeta
+    from robolearn.errors import RobolearnError
+
     try:
-        return json.loads((data / "meta" / "info.json").read_text())["total_episodes"] >= episodes
-    except (OSError, ValueError, KeyError):
+        return DatasetMeta.load(data).num_episodes >= episodes
+    except RobolearnError:
         return False
 
 
@@ -300,7 +303,5 @@ failing on purpose) &rarr; BC base (MLP, {cfg['bc_steps']} steps) &rarr; stage-a
 </table><p class="small">Runs: data/, bc/, reward/, residual/ (TensorBoard in residual/tb), eval/ under
 {e(str(out))}. Every figure is in summary.json.</p></body></html>"""
     path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
+    atomic_write_bytes(path, page.encode())
     return path

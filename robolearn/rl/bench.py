@@ -16,7 +16,6 @@ residual) at or above 90% success; wall-clock counts training time only.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from robolearn.data.format import atomic_write_json
 
 TARGETS = {"improvement": 0.25, "sample_efficiency": 3.0, "ppo_throughput_ratio": 0.6}
 
@@ -181,10 +182,7 @@ def run(cfg: ResidualBenchConfig) -> dict:
     result["targets"] = TARGETS
     _plot(runs, demo, cfg)
     path = Path(cfg.json_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, result)
     print(format_table(result))
     print(f"wrote {path} and {cfg.plot_path}")
     return result

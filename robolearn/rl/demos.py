@@ -129,9 +129,7 @@ def demo_transitions(policy, dataset: str | Path, reward_model=None, shaping=Non
             to[-1] = 1.0
         done.append(d)
         tout.append(to)
-        succ = np.zeros(m)
-        if c["_success"]:
-            succ[-1] = 1.0
+        succ = d.astype(np.float64)  # success: 1 on the step that succeeded, which is the terminal one
         if reward_model is None:
             r = succ.astype(np.float32)
             terms.setdefault("sparse/success", []).append(r)

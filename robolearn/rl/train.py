@@ -367,8 +367,7 @@ def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, st
         """Progress bar, reward terms as TensorBoard scalars, periodic evaluation and checkpoints."""
 
         def _on_training_start(self) -> None:
-            self.t0 = time.perf_counter()
-            self.eval_s = 0.0  # evaluations and checkpoints: not training time
+            self.t0 = time.perf_counter()  # timing["eval_s"]: evaluations, not training time
             self.sums: dict[str, float] = {}
             self.count = 0
             self.next_save = (start // cfg.save_every + 1) * cfg.save_every
@@ -403,9 +402,8 @@ def _callback(cfg: TrainResidualConfig, out: Path, checkpoints: _Checkpoints, st
             t = time.perf_counter()
             ckpt = checkpoints.save(self.model)
             rate = evaluate(ckpt, cfg, out / "eval" / f"step_{n:08d}")
-            self.eval_s += time.perf_counter() - t
-            timing["eval_s"] = self.eval_s
-            train_s = time.perf_counter() - self.t0 - self.eval_s
+            timing["eval_s"] += time.perf_counter() - t
+            train_s = time.perf_counter() - self.t0 - timing["eval_s"]
             self.logger.record("eval/success_rate", rate)
             with open(out / "eval_log.jsonl", "a") as f:
                 f.write(json.dumps({"step": n, "success_rate": rate, "episodes": cfg.eval_episodes,
@@ -427,13 +425,11 @@ def evaluate(ckpt: Path, cfg: TrainResidualConfig, out: Path, episodes: int | No
 
 def run(cfg: TrainResidualConfig) -> Path:
     """Train (or resume) a residual and return the run directory."""
+    from robolearn.rl.algorithms import torch_threads
+
     cfg.validate()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # rollouts: the physics threads own the cores (updates take them back)
-    try:
+    with torch_threads(1):  # rollouts: the physics threads own the cores (updates take them back)
         return _run(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: TrainResidualConfig) -> Path:
