@@ -147,6 +147,10 @@ def _show_path(result: Any, args: argparse.Namespace) -> None:
 
 _OUT = Flag("--out", "output dataset directory (sets out)", field="out", metavar="DIR")
 _DATASET = Flag("--dataset", "dataset directory (sets dataset)", field="dataset", metavar="DIR")
+_RUN_OUT = Flag("--out", "run directory (sets out)", field="out", metavar="DIR")
+_VLM_URL = Flag("--vlm.base-url", "OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (sets vlm.base_url)",
+                field="vlm.base_url", metavar="URL")
+_VLM_MODEL = Flag("--vlm.model", "model name the endpoint serves (sets vlm.model)", field="vlm.model", metavar="NAME")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,8 +259,8 @@ VERBS: dict[str, Verb] = {
         config="TrainResidualConfig",
         preset_group="residual",
         flags=(Flag("--base", "base policy checkpoint or run directory (sets base)", field="base", metavar="DIR"),
-               Flag("--reward", "progress model checkpoint or run directory, or sparse (sets reward)", field="reward",
-                    metavar="DIR"),
+               Flag("--reward", "progress model checkpoint or run directory, code:PATH (a reward program), or sparse "
+                    "(sets reward)", field="reward", metavar="DIR"),
                Flag("--algo", "ppo or sac (sets algo)", field="algo", metavar="NAME"),
                Flag("--task", "task (sets task; default: the base's)", field="task", metavar="NAME"),
                Flag("--out", "run directory (sets out)", field="out", metavar="DIR")),
@@ -303,6 +307,43 @@ VERBS: dict[str, Verb] = {
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
                Flag("--device", "cpu, cuda or auto (sets device)", field="device", metavar="DEVICE")),
     ),
+    "vlm reward-code": Verb(
+        "VLM-written reward programs: design, sandboxed critic, short residual-RL rounds, feedback; keeps the best",
+        "robolearn.rewards.vlm.codegen",
+        config="RewardCodeConfig",
+        flags=(Flag("--task", "task (sets task; default: the base's)", field="task", metavar="NAME"),
+               Flag("--base", "BC base the RL rounds fine-tune (sets base)", field="base", metavar="DIR"),
+               _VLM_URL, _VLM_MODEL, _RUN_OUT),
+    ),
+    "vlm clip-reward": Verb(
+        "zero-shot CLIP frame reward (VLM-RM) from a local CLIP: save it and plot it on a dataset's episodes",
+        "robolearn.rewards.vlm.clip",
+        config="ClipBuildConfig",
+        flags=(Flag("--clip", "local CLIP model directory (sets clip)", field="clip", metavar="DIR"),
+               Flag("--goal", "goal prompt (sets goal)", field="goal", metavar="TEXT"),
+               Flag("--baseline", "baseline prompt (sets baseline)", field="baseline", metavar="TEXT"),
+               Flag("--alpha", "baseline projection strength in [0, 1] (sets alpha)", field="alpha", metavar="A",
+                    yaml=True),
+               _DATASET, _RUN_OUT),
+    ),
+    "vlm preferences": Verb(
+        "label frame pairs with a VLM (RL-VLM-F) and train a Bradley-Terry image reward; rerun to resume",
+        "robolearn.rewards.vlm.preference",
+        config="PreferenceConfig",
+        flags=(_DATASET,
+               Flag("--pairs", "pairs to label (sets pairs)", field="pairs", metavar="N", yaml=True),
+               _RUN_OUT, _VLM_URL, _VLM_MODEL),
+        show=lambda r, a: print(f"{r['labels']['labelled']} labels ({r['labels']['dropped']} dropped), held-out "
+                                f"accuracy {r['accuracy']:.3f}, voc {r['voc']:.3f}: {r['checkpoint']}"),
+    ),
+    "vlm serve": Verb(
+        "serve fixture answers as an OpenAI-compatible endpoint on 127.0.0.1 (to try a pipeline without a model)",
+        "robolearn.rewards.vlm.server",
+        function="serve",
+        config="ServeConfig",
+        flags=(Flag("--fixtures", "rules file (sets fixtures)", field="fixtures", metavar="FILE"),
+               Flag("--port", "port (sets port)", field="port", metavar="N", yaml=True)),
+    ),
     "demo": Verb(
         "run the end-to-end demo pipeline on a simulated task",
         "robolearn.demo",
@@ -313,6 +354,7 @@ VERBS: dict[str, Verb] = {
 }
 
 GROUP_HELP = {
+    "vlm": "rewards and annotations from vision-language models (any OpenAI-compatible endpoint)",
     "bench": "benchmarks that print a table and write JSON",
     "train": "train policies and reward models",
     "reward": "inspect reward models",

@@ -34,6 +34,8 @@ def register_reward_model(name: str, target: str) -> None:
 
 
 register_reward_model("stage_progress", "robolearn.rewards.progress:StageProgressModel")
+register_reward_model("clip", "robolearn.rewards.vlm.clip:ClipReward")
+register_reward_model("preference", "robolearn.rewards.vlm.preference:PreferenceReward")
 
 
 def reward_model_names() -> list[str]:

@@ -106,7 +106,8 @@ class TrainResidualConfig:
     base: str = ""
     """base policy checkpoint or run directory (`robolearn train bc`)"""
     reward: str = "sparse"
-    """progress reward model checkpoint or run directory, or sparse (the task's success alone)"""
+    """progress reward model checkpoint or run directory, code:PATH (a reward program, e.g. from
+    `robolearn vlm reward-code`), or sparse (the task's success alone)"""
     algo: Literal["ppo", "sac"] = "ppo"
     """RL algorithm"""
     task: str = ""
@@ -439,6 +440,7 @@ def _run(cfg: TrainResidualConfig) -> Path:
     from robolearn.config import config_to_dict
     from robolearn.policies import load_policy
     from robolearn.rewards import load_reward_model
+    from robolearn.rewards.code import CodeReward, CodeRewardWrapper, parse_code_reward
     from robolearn.rewards.wrapper import RewardWrapper
     from robolearn.rl.residual import ResidualPolicy
     from robolearn.rl.wrappers import ResidualVecEnv
@@ -448,12 +450,17 @@ def _run(cfg: TrainResidualConfig) -> Path:
     base = load_policy(cfg.base, cfg.device)
     if isinstance(base, ResidualPolicy):
         raise ConfigError(f"train residual: {cfg.base} is already a residual policy; pass its BC base")
-    reward_model = None if cfg.reward == "sparse" else load_reward_model(cfg.reward, cfg.device)
+    code_path = parse_code_reward(cfg.reward)
+    if code_path is not None and cfg.algo == "sac" and cfg.sac.demos not in ("", "none"):
+        raise ConfigError("train residual: SAC's demonstrations are scored by a reward model, not by reward code; "
+                          "pass sac.demos=none with --reward code:PATH")
+    reward_model = None if cfg.reward == "sparse" or code_path else load_reward_model(cfg.reward, cfg.device)
     gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
     cfg.shaping.gamma = gamma  # policy invariance needs the learner's discount
     env, task = build_env(cfg, base, reward_model, cfg.num_envs, cfg.seed)
     cfg.task = task
     out = Path(cfg.out or f"runs/residual/{task}_{cfg.algo}")
+    wrapped = None
     try:
         from robolearn.eval.sim import _check_fit
 
@@ -465,8 +472,14 @@ def _run(cfg: TrainResidualConfig) -> Path:
                                           dim_scales=dict(cfg.dim_scales), hidden=list(cfg.hidden),
                                           activation="tanh")
         policy.metadata = {**base.metadata, "residual": {"algo": cfg.algo, "reward": cfg.reward, "run": str(out)}}
-        wrapped = RewardWrapper(env, reward_model, cfg.shaping, device=cfg.device) if reward_model else \
-            SuccessReward(env)
+        if code_path is not None:
+            from robolearn.data.collect import dataset_features
+
+            wrapped = CodeRewardWrapper(env, CodeReward.from_file(code_path, dataset_features(env)), cfg.shaping)
+        elif reward_model is not None:
+            wrapped = RewardWrapper(env, reward_model, cfg.shaping, device=cfg.device)
+        else:
+            wrapped = SuccessReward(env)
         venv = VecMonitor(ResidualVecEnv(SB3VecEnv(wrapped), policy, squash=cfg.algo == "ppo", device=cfg.device))
         venv.seed(cfg.seed)
         demos = None
@@ -509,5 +522,7 @@ def _run(cfg: TrainResidualConfig) -> Path:
             summary["success_rate"] = evaluate(final, cfg, out / "eval" / "final")
         atomic_write_json(out / "train_summary.json", summary)
     finally:
+        if code_path is not None and isinstance(wrapped, CodeRewardWrapper):
+            wrapped.code.close()  # the sandbox's worker process
         env.close()
     return out

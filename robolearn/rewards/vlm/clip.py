@@ -378,3 +378,69 @@ def clip_reward_curve(model: ClipReward, dataset_dir: str | Path, episodes: list
 
 __all__ = ["ClipReward", "ClipRewardConfig", "build_clip_reward", "clip_reward_curve", "projection_matrix",
            "score_frames"]
+
+
+@dataclass
+class ClipBuildConfig:
+    """What `robolearn vlm clip-reward` builds and shows."""
+
+    clip: str = ""
+    """local directory of a CLIP model (config.json, weights, tokenizer), e.g. from `huggingface-cli download`"""
+    goal: str = ""
+    """goal prompt: what the camera sees when the task is done"""
+    baseline: str = "a robot arm"
+    """baseline prompt: the scene in general (VLM-RM's regularizer)"""
+    alpha: float = 0.5
+    """baseline projection strength in [0, 1]"""
+    camera: str = "front"
+    """camera the reward reads"""
+    dataset: str = ""
+    """recorded episodes: the features the model is built for, and the episodes its curves are drawn on"""
+    episodes: list[int] | None = None
+    """episodes to score (empty: all)"""
+    out: str = ""
+    """run directory (checkpoints/last, curves.json, curves.png); empty: runs/clip_reward/<dataset name>"""
+    device: str = "cpu"
+    """where CLIP runs (cuda when there is a GPU)"""
+
+
+def run(cfg: ClipBuildConfig) -> dict[str, Any]:
+    """Build the CLIP reward for `cfg.dataset`'s camera, save it, and score the dataset's episodes:
+    the reward curves (JSON and PNG) and how well they order time on successful and failed episodes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robolearn.data.dataset import DatasetMeta
+    from robolearn.data.format import atomic_write_json
+
+    if not cfg.dataset:
+        raise ConfigError("vlm clip-reward: name the dataset whose camera the reward reads (--dataset DIR)")
+    meta = DatasetMeta.load(cfg.dataset, with_stats=True)
+    model = build_clip_reward(cfg.clip, cfg.goal, cfg.baseline, cfg.alpha, cfg.camera, meta.features,
+                              device=cfg.device)
+    model.metadata["dataset"] = str(Path(cfg.dataset).resolve())
+    out = Path(cfg.out or f"runs/clip_reward/{Path(cfg.dataset).name}")
+    ckpt = model.save(out / "checkpoints" / "last")
+    curves = clip_reward_curve(model, cfg.dataset, cfg.episodes, device=cfg.device)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r, ok in zip(curves["reward"], curves["success"]):
+        ax.plot(np.arange(len(r)) / meta.fps, r, color="tab:green" if ok else "tab:red", alpha=0.6, lw=1)
+    ax.set(xlabel="time (s)", ylabel="CLIP reward", title=f"goal: {cfg.goal!r} (green: success, red: failure)")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+    voc = np.asarray(curves["voc"], float)
+    ok = np.asarray([bool(s) for s in curves["success"]])
+    summary = {"checkpoint": str(ckpt), "goal": cfg.goal, "baseline": cfg.baseline, "alpha": cfg.alpha,
+               "episodes": len(voc), "voc_success": float(voc[ok].mean()) if ok.any() else None,
+               "voc_failure": float(voc[~ok].mean()) if (~ok).any() else None,
+               "curves": {"episodes": curves["episodes"], "reward": [np.asarray(r).tolist() for r in curves["reward"]],
+                          "success": curves["success"], "voc": voc.tolist()}}
+    atomic_write_json(out / "curves.json", summary)
+    print(f"CLIP reward saved to {ckpt}; value-order correlation on successful episodes "
+          f"{summary['voc_success'] if summary['voc_success'] is None else round(summary['voc_success'], 2)}, "
+          f"failed {summary['voc_failure'] if summary['voc_failure'] is None else round(summary['voc_failure'], 2)}"
+          f"; curves in {out / 'curves.png'}\nuse it: robolearn train residual --reward {out} shaping.mode=progress")
+    return summary

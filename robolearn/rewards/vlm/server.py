@@ -227,3 +227,33 @@ def completion(model: str, content: str, finish_reason: str = "stop") -> dict[st
             "model": model, "choices": [{"index": 0, "finish_reason": finish_reason,
                                          "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}}
+
+
+@dataclass
+class ServeConfig:
+    """What `robolearn vlm serve` answers with."""
+
+    fixtures: str = ""
+    """JSON rules file ({"rules": [{"match": REGEX, "reply": TEXT}], "default": TEXT}); see fixture_file_responder"""
+    port: int = 8000
+    """port on 127.0.0.1"""
+    model: str = "fixture-vlm"
+    """model name it serves"""
+    latency_s: float = 0.0
+    """seconds added to every answer (to rehearse a slow endpoint)"""
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Serve fixture answers on 127.0.0.1 until interrupted: a stand-in endpoint for trying a pipeline
+    without a model (answers come from the rules file, not from any model)."""
+    if not cfg.fixtures:
+        raise ConfigError("vlm serve: pass the rules file with --fixtures FILE")
+    server = FixtureServer(fixture_file_responder(cfg.fixtures), model=cfg.model, port=cfg.port,
+                           latency_s=cfg.latency_s)
+    print(f"serving {cfg.fixtures} as model {cfg.model!r} at {server.base_url} (Ctrl-C stops)", flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
