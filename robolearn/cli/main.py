@@ -157,6 +157,11 @@ _VLM_MODEL = Flag("--vlm.model", "model name the endpoint serves (sets vlm.model
 # the verbs; a verb name with a space ("bench sim") is a sub-verb
 
 
+def _show_module(module: str) -> Callable[[Any, argparse.Namespace], None]:
+    """The `show` function of `module`, imported when the verb's result is printed."""
+    return lambda result, args: importlib.import_module(module).show(result, args)
+
+
 VERBS: dict[str, Verb] = {
     "tasks": Verb(
         "list the registered tasks: stages, observation and action spaces, options",
@@ -289,6 +294,12 @@ VERBS: dict[str, Verb] = {
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
                Flag("--quick", "a minutes-long smoke version (sets quick=true)", field="quick")),
     ),
+    "bench vlm": Verb(
+        "measure the reward-code sandbox and the VLM client (throughput, cache hits); count blocked hostile code",
+        "robolearn.rewards.vlm.bench",
+        config="VLMBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
+    ),
     "eval": Verb(
         "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
         "robolearn.eval.sim",
@@ -306,6 +317,30 @@ VERBS: dict[str, Verb] = {
         config="InferenceBenchConfig",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
                Flag("--device", "cpu, cuda or auto (sets device)", field="device", metavar="DEVICE")),
+    ),
+    "vlm annotate": Verb(
+        "stage annotation of a dataset's episodes by a VLM; scored against the expert's boundaries when there are some",
+        "robolearn.rewards.vlm.annotate",
+        config="VLMAnnotateConfig",
+        flags=(_DATASET,
+               Flag("--stages", "comma-separated stage names, e.g. reach,grasp,lift; empty: the VLM proposes them "
+                    "(sets stages)", field="stages", metavar="LIST"),
+               Flag("--camera", "camera (sets camera)", field="camera", metavar="NAME"),
+               Flag("--episodes", "episode indices, e.g. [0,3] (sets episodes)", field="episodes", metavar="LIST",
+                    yaml=True),
+               _RUN_OUT, _VLM_URL, _VLM_MODEL, Flag("--json", "print the report as JSON")),
+        show=_show_module("robolearn.rewards.vlm.annotate"),
+    ),
+    "vlm gvl": Verb(
+        "generative progress scoring of shuffled frames (GVL) and each episode's value-order correlation",
+        "robolearn.rewards.vlm.gvl",
+        config="GVLConfig",
+        flags=(_DATASET,
+               Flag("--camera", "camera (sets camera)", field="camera", metavar="NAME"),
+               Flag("--episodes", "episode indices, e.g. [0,3] (sets episodes)", field="episodes", metavar="LIST",
+                    yaml=True),
+               _RUN_OUT, _VLM_URL, _VLM_MODEL, Flag("--json", "print the report as JSON")),
+        show=_show_module("robolearn.rewards.vlm.gvl"),
     ),
     "vlm reward-code": Verb(
         "VLM-written reward programs: design, sandboxed critic, short residual-RL rounds, feedback; keeps the best",

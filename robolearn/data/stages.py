@@ -80,7 +80,8 @@ def temporal_proportions(annotations: list[tuple[StageAnnotation, int]], stage_n
 def load_annotation_file(path: str | Path) -> dict[int, StageAnnotation]:
     """Stage annotations written by a person, keyed by episode index.
 
-    JSON: {"episodes": {"0": [{"name": "reach", "start": 0, "end": 41}, ...], ...}}
+    JSON: {"episodes": {"0": [{"name": "reach", "start": 0, "end": 41}, ...], ...}, "source": "vlm"}
+          (source optional, default user)
     CSV:  a header `episode_index,name,start_frame,end_frame`, then one row per subtask.
     """
     path = Path(path)
@@ -113,11 +114,12 @@ def load_annotation_file(path: str | Path) -> dict[int, StageAnnotation]:
     if not isinstance(episodes, dict):
         raise DatasetError(f'{path}: expected {{"episodes": {{"<episode index>": [{{"name", "start", "end"}}, '
                            "...]}}")
+    source = str(raw.get("source") or "user")  # who made them: user, vlm, expert
     for key, items in episodes.items():
         try:
             ep = int(key)
             out[ep] = StageAnnotation([str(i["name"]) for i in items], [int(i["start"]) for i in items],
-                                      [int(i["end"]) for i in items], "user")
+                                      [int(i["end"]) for i in items], source)
         except (TypeError, ValueError, KeyError):
             raise DatasetError(f'{path}: episode {key!r}: each subtask must be {{"name": str, "start": int, '
                                f'"end": int}}; got {items!r}') from None
