@@ -379,6 +379,15 @@ VERBS: dict[str, Verb] = {
         flags=(Flag("--fixtures", "rules file (sets fixtures)", field="fixtures", metavar="FILE"),
                Flag("--port", "port (sets port)", field="port", metavar="N", yaml=True)),
     ),
+    "vlm oracle": Verb(
+        "serve a sim dataset's ground truth as an OpenAI-compatible endpoint: rehearse every VLM path without a model",
+        "robolearn.rewards.vlm.oracle",
+        function="serve",
+        config="OracleConfig",
+        flags=(_DATASET, Flag("--program", "reward program the oracle hands out (sets program)", field="program",
+                                metavar="FILE"),
+               Flag("--port", "port (sets port)", field="port", metavar="N", yaml=True)),
+    ),
     "demo": Verb(
         "run the end-to-end demo pipeline on a simulated task",
         "robolearn.demo",
