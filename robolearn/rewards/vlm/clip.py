@@ -442,5 +442,6 @@ def run(cfg: ClipBuildConfig) -> dict[str, Any]:
     print(f"CLIP reward saved to {ckpt}; value-order correlation on successful episodes "
           f"{summary['voc_success'] if summary['voc_success'] is None else round(summary['voc_success'], 2)}, "
           f"failed {summary['voc_failure'] if summary['voc_failure'] is None else round(summary['voc_failure'], 2)}"
-          f"; curves in {out / 'curves.png'}\nuse it: robolearn train residual --reward {out} shaping.mode=progress")
+          f"; curves in {out / 'curves.png'}\n"
+          f"use it: robolearn train residual --base BASE --reward {out} shaping.mode=progress")
     return summary

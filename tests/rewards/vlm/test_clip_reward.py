@@ -239,6 +239,25 @@ def test_reward_curve_scores_every_frame(models, dataset):
         clip_reward_curve(wrist, dataset)
 
 
+def test_clip_reward_verb_saves_a_loadable_reward_and_its_curves(clip_dir, dataset, tmp_path):
+    import json
+
+    from robolearn.cli.main import main
+    from robolearn.rewards import load_reward_model
+
+    out = tmp_path / "clip_run"
+    assert main(["vlm", "clip-reward", "--clip", str(clip_dir), "--goal", GOAL, "--dataset", str(dataset),
+                 "--out", str(out), "camera=front"]) == 0
+    summary = json.loads((out / "curves.json").read_text())
+    assert summary["episodes"] == 2 and len(summary["curves"]["reward"][1]) == 9
+    assert (out / "curves.png").stat().st_size > 0
+    model = load_reward_model(out)
+    assert model.name == "clip" and model.metadata["goal"] == GOAL
+    np.testing.assert_allclose(summary["curves"]["reward"][0], clip_reward_curve(model, dataset)["reward"][0],
+                               atol=1e-5)
+    assert main(["vlm", "clip-reward", "--goal", GOAL, "--out", str(out)]) == 2  # no dataset: one-line error
+
+
 def test_training_loss_refuses(models):
     with pytest.raises(ConfigError, match="zero-shot.*build_clip_reward"):
         models[0.5].training_loss({}, {})
