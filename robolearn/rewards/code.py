@@ -45,10 +45,12 @@ class ObsField:
     columns: list[int]
     unit: str
     doc: str
+    derived: bool = False
+    """computed from its columns (gripper_width: left - right finger) rather than read as they are"""
 
     @property
     def shape(self) -> str:
-        return "(N,)" if len(self.columns) == 1 else f"(N, {len(self.columns)})"
+        return "(N,)" if len(self.columns) == 1 or self.derived else f"(N, {len(self.columns)})"
 
 
 def obs_fields(features: dict[str, Feature]) -> list[ObsField]:
@@ -93,7 +95,8 @@ def obs_fields(features: dict[str, Feature]) -> list[ObsField]:
             out.append(group)
     if any(f.name == "fingers" for f in out):
         f = next(f for f in out if f.name == "fingers")
-        out.append(ObsField("gripper_width", f.key, f.columns, "m", "distance between the fingers (0: closed)"))
+        out.append(ObsField("gripper_width", f.key, f.columns, "m", "distance between the fingers (0: closed)",
+                            derived=True))
     return out
 
 

@@ -100,11 +100,20 @@ class RewardCodeConfig:
 
 
 # ---- designer --------------------------------------------------------------------------------------
-def task_text(task_cls) -> str:
-    """What the VLM is told about the task: its name, docstring (what, randomized, success), stages."""
+def task_text(task_cls, options: dict[str, Any] | None = None) -> str:
+    """What the VLM is told about the task: its name, docstring (what, randomized, success), stages and
+    the values of its options (the docstring names them: `lift_height`, `x_range`, ...)."""
+    import dataclasses
+
     doc = " ".join((task_cls.__doc__ or "").split())
     stages = " -> ".join(getattr(task_cls, "stages", ()) or ())
-    return f"Task `{task_cls.name}`: {doc}" + (f"\nStages, in order: {stages}." if stages else "")
+    out = f"Task `{task_cls.name}`: {doc}" + (f"\nStages, in order: {stages}." if stages else "")
+    opts = getattr(task_cls, "Options", None)
+    if opts is not None and dataclasses.is_dataclass(opts):
+        values = {f.name: getattr(opts(), f.name) for f in dataclasses.fields(opts)}
+        values.update(options or {})
+        out += "\nTask options (SI units): " + ", ".join(f"{k} = {v}" for k, v in values.items()) + "."
+    return out
 
 
 def designer_prompt(text: str, fields_table: str, feedback: str, k: int, n: int) -> str:
@@ -281,6 +290,7 @@ def analyze(metrics: dict[str, Any], base_rate: float, curves: dict[str, list[tu
 def run(cfg: RewardCodeConfig) -> dict[str, Any]:
     """Search for a reward program (see the module docstring); returns summary.json's content."""
     from robolearn.config import config_to_dict
+    from robolearn.eval.sim import recorded_env
     from robolearn.policies import load_policy
     from robolearn.policies.base import resolve_checkpoint
     from robolearn.rewards.vlm.client import connect
@@ -291,6 +301,8 @@ def run(cfg: RewardCodeConfig) -> dict[str, Any]:
     base = load_policy(base_dir)
     task = cfg.task or _recorded_task(base_dir)
     task_cls = get_task_class(task)
+    env_cfg, _ = recorded_env(base_dir)
+    task_options = (env_cfg or {}).get("task_options") if (env_cfg or {}).get("task") == task else None
     dataset = cfg.dataset or (base.metadata or {}).get("dataset") or ""
     if not dataset or not Path(dataset).is_dir():
         raise ConfigError(f"vlm reward-code: the critic's dataset {dataset or '(none)'} is not there; pass --dataset "
@@ -312,7 +324,7 @@ def run(cfg: RewardCodeConfig) -> dict[str, Any]:
     best: dict[str, Any] | None = None
     feedback = ""
     for r in range(cfg.rounds):
-        prompts = [designer_prompt(task_text(task_cls), fields_table, feedback, k, cfg.candidates)
+        prompts = [designer_prompt(task_text(task_cls, task_options), fields_table, feedback, k, cfg.candidates)
                    for k in range(cfg.candidates)]
         answers = client.map(lambda p: client.ask(p, [image] if image is not None else [], system=SYSTEM), prompts)
         results = []
