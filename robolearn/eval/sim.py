@@ -16,20 +16,24 @@ checkpoint, seed and num_envs, so two runs give identical metrics (the wall time
 Writes under `out/` (default `runs/eval/<checkpoint name>_<task>`):
   metrics.json                          success rate, Wilson 95% interval, lengths, time to success,
                                         stage reach rates, per-episode rows, config (atomically)
-  episode_<k>_{success|failure}.mp4     with --video: the first `video_episodes` episodes, with
-                                        stage and success overlaid
+  episode_<k>_{success|failure}.mp4     with --video: the first `video_episodes` episodes (or those
+                                        in `video_ids`), with stage and success overlaid
+
+`run(cfg, recorder=...)` also hands every counted step to a `RolloutRecorder` (the eval suite records
+its episodes into a dataset that way, `robolearn.eval.suite`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from robolearn.errors import ConfigError, RobolearnError
+from robolearn.sim.config import RandomizationConfig
 
 TRAIN_RECORDS = ("train_config.json", "dataset.json")  # files of a run dir that name its dataset
 
@@ -60,10 +64,16 @@ class EvalConfig:
     """write mp4s of the first `video_episodes` episodes"""
     video_episodes: int = 4
     """episodes filmed with video=true (one mp4 each)"""
+    video_ids: list[int] = field(default_factory=list)
+    """episode numbers filmed with video=true (e.g. sampled successes and failures); empty: the first
+    `video_episodes`"""
     camera: str = "front"
     """camera of the videos (rendered apart from the policy's cameras)"""
     video_size: tuple[int, int] = (240, 320)
     """(height, width) of the videos, pixels"""
+    randomization: RandomizationConfig | None = None
+    """domain randomization of the eval envs, replacing the recorded env's; null: the recorded env's
+    (off for `robolearn collect` data), e.g. randomization.physics.mass_scale=[0.8,1.2]"""
     out: str = ""
     """output directory; empty: runs/eval/<checkpoint name>_<task>"""
     progress: bool = True
@@ -81,6 +91,13 @@ class EvalConfig:
             raise ConfigError(f"eval: num_threads={self.num_threads} must be at least 1")
         if len(self.video_size) != 2 or min(self.video_size) < 8:
             raise ConfigError(f"eval: video_size={self.video_size} must be (height, width), at least 8 pixels each")
+        bad = [k for k in self.video_ids if not 0 <= k < self.episodes]
+        if bad:
+            raise ConfigError(f"eval: video_ids {bad} are not episode numbers 0..{self.episodes - 1}")
+        if self.randomization is not None:
+            from robolearn.sim.randomization import validate
+
+            validate(self.randomization)
 
 
 # ---- which env -------------------------------------------------------------------------------
@@ -163,6 +180,10 @@ def _env_settings(cfg: EvalConfig, features: dict) -> tuple[str, dict[str, Any],
     need = policy_env_overrides(features)
     if need["pointcloud"]["enabled"]:
         need["pointcloud"] = {**base.get("pointcloud", {}), **need["pointcloud"]}
+    if cfg.randomization is not None:
+        from robolearn.config import config_to_dict
+
+        need["randomization"] = config_to_dict(cfg.randomization)
     overrides = {
         **base, **need,
         "num_envs": min(cfg.num_envs or 50, cfg.episodes), "num_threads": cfg.num_threads, "seed": cfg.seed,
@@ -207,14 +228,14 @@ class _Films:
         from robolearn.sim.render import CameraRenderer
 
         self.env, self.out, self.task, self.stages = env, out, task, stages
-        self.limit = cfg.video_episodes
+        self.filmed = set(cfg.video_ids) if cfg.video_ids else set(range(cfg.video_episodes))
         self.renderer = CameraRenderer(env.nominal, [cfg.camera], *cfg.video_size, depth=False)
         self.frames: dict[int, list[np.ndarray]] = {}  # env -> frames of its filmed episode
         self.episode: dict[int, int] = {}
         self._scratch: dict[int, Any] = {}  # id(model) -> MjData to pose a finished episode's last state
 
     def start(self, i: int, episode: int, stage: int) -> None:
-        if 0 <= episode < self.limit:
+        if episode in self.filmed:
             self.frames[i], self.episode[i] = [], episode
             self.add(i, stage, False)
 
@@ -253,6 +274,23 @@ class _Films:
 # ---- the rollout -----------------------------------------------------------------------------
 
 
+class RolloutRecorder(Protocol):
+    """What `_rollout` hands a recorder (N envs; `episode[i]`: the episode number env i runs, -1 when it
+    no longer counts). Frame t of an episode is the observation an action was taken on, the action,
+    and what the step returned (as `robolearn collect` records)."""
+
+    def begin(self, env, obs: dict[str, np.ndarray]) -> None:
+        """After the first reset: obs[key] (N, *shape) are the first episodes' first observations."""
+
+    def step(self, episode: np.ndarray, action: np.ndarray, obs: dict[str, np.ndarray], reward: np.ndarray,
+             done: np.ndarray, info: dict, stage_before: np.ndarray) -> None:
+        """After every step: action (N, D_a) taken in states of stage `stage_before` (N,); obs, the next
+        observations (of the next episode where done, the env having auto-reset); reward, done (N,)."""
+
+    def end(self, i: int, row: dict) -> None:
+        """Env i's counted episode ended this step; row: its per-episode metrics row."""
+
+
 def _stage_names(env) -> list[str]:
     task = getattr(env, "task", None)
     return list(getattr(task, "stages", None) or ["task"])  # robosuite envs have one stage
@@ -266,7 +304,8 @@ def _new_stages(env, info: dict) -> np.ndarray:
     return np.zeros(env.num_envs, np.int64)
 
 
-def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path) -> tuple[list[dict], list[str]]:
+def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path,
+             recorder: RolloutRecorder | None = None) -> tuple[list[dict], list[str]]:
     """Run until `cfg.episodes` episodes have finished; per-episode rows (by episode number) and videos."""
     from tqdm import tqdm
 
@@ -278,22 +317,27 @@ def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path) -> tuple[list[d
     next_episode = int((episode >= 0).sum())
     t = np.zeros(n, np.int64)
     first_success = np.full(n, -1, np.int64)
-    stage = np.asarray(info["stage"]).copy()
+    stage = np.asarray(info["stage"]).copy()  # stage of each env's current state
     max_stage = stage.copy()
     rows: list[dict | None] = [None] * todo
     videos: list[str] = []
-    films = _Films(env, cfg, out, task, stages) if cfg.video and cfg.video_episodes else None
+    films = _Films(env, cfg, out, task, stages) if cfg.video and (cfg.video_episodes or cfg.video_ids) else None
     if films is not None:
         for i in range(n):
             films.start(i, int(episode[i]), int(stage[i]))
+    if recorder is not None:
+        recorder.begin(env, obs)
     finished = successes = 0
     bar = tqdm(total=todo, desc=f"eval {task}", unit="ep", disable=not cfg.progress)
     try:
         while finished < todo:
-            obs, _, terminated, truncated, info = env.step(engine.act(obs))
+            action, stage_before = engine.act(obs), stage
+            obs, reward, terminated, truncated, info = env.step(action)
             done = terminated | truncated
             t += 1
-            success, stage = np.asarray(info["success"]), np.asarray(info["stage"])
+            success, stage = np.asarray(info["success"]), np.asarray(info["stage"]).copy()
+            if recorder is not None:
+                recorder.step(episode, action, obs, reward, done, info, stage_before)
             newly = success & (first_success < 0)
             first_success[newly] = t[newly]
             max_stage = np.maximum(max_stage, stage)
@@ -317,6 +361,8 @@ def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path) -> tuple[list[d
                 if films is not None and (path := films.finish(int(i), ok)) is not None:
                     rows[k]["video"] = str(path)
                     videos.append(str(path))
+                if recorder is not None:
+                    recorder.end(int(i), rows[k])
                 finished += 1
                 successes += ok
                 bar.set_postfix(success=f"{successes}/{finished}", refresh=False)
@@ -329,7 +375,7 @@ def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path) -> tuple[list[d
             engine.reset(ids)
             t[ids], first_success[ids] = 0, -1
             stage_now = _new_stages(env, info)
-            max_stage[ids] = stage_now[ids]
+            max_stage[ids] = stage[ids] = stage_now[ids]
             if films is not None:
                 for i in ids:
                     films.start(int(i), int(episode[i]), int(stage_now[i]))
@@ -343,9 +389,10 @@ def _rollout(env, engine, cfg: EvalConfig, task: str, out: Path) -> tuple[list[d
 # ---- the verb --------------------------------------------------------------------------------
 
 
-def run(cfg: EvalConfig) -> dict:
+def run(cfg: EvalConfig, recorder: RolloutRecorder | None = None) -> dict:
     """Evaluate `cfg.policy` over `cfg.episodes` seeded episodes; writes metrics.json (and videos) under
-    the output dir and returns the same dict as metrics.json."""
+    the output dir and returns the same dict as metrics.json. `recorder` also receives every counted
+    step (native tasks only)."""
     import torch
 
     from robolearn.config import config_to_dict
@@ -366,14 +413,15 @@ def run(cfg: EvalConfig) -> dict:
     policy = load_policy(cfg.policy)
     env = make_env(task, **overrides)
     try:
-        if cfg.video and not isinstance(env, VecEnv):
-            raise ConfigError(f"eval: video=true needs a native task; {task!r} is a robosuite env")
+        if (cfg.video or recorder is not None) and not isinstance(env, VecEnv):
+            what = "video=true" if cfg.video else "recording episodes"
+            raise ConfigError(f"eval: {what} needs a native task; {task!r} is a robosuite env")
         _check_fit(policy, env)
         engine = InferenceEngine(policy, env.num_envs, device=cfg.device,
                                  temporal_ensemble=None if cfg.temporal_ensemble < 0 else cfg.temporal_ensemble)
         torch.manual_seed(cfg.seed)  # policies that sample (diffusion) draw the same noise every run
         t0 = time.perf_counter()
-        rows, videos = _rollout(env, engine, cfg, task, out)
+        rows, videos = _rollout(env, engine, cfg, task, out, recorder)
         wall = time.perf_counter() - t0
         env_cfg, stages = config_to_dict(env.cfg), _stage_names(env)
         max_steps, hz = int(env.max_episode_steps), float(env.cfg.control_hz)
