@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from robolearn.data.format import Feature
 from robolearn.errors import ConfigError, UnknownNameError
 from robolearn.rewards.base import RewardModel, RewardModelConfig
+from robolearn.rewards.metrics import spearman
 
 # OpenAI CLIP's image normalization (the values in every openai/clip-vit-* preprocessor_config.json)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -331,15 +332,6 @@ def score_frames(model: ClipReward, frames: np.ndarray | Tensor) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _spearman(y: np.ndarray) -> float:
-    """Rank correlation of y with time (GVL's value-order correlation); nan for fewer than 2 frames."""
-    if len(y) < 2 or np.ptp(y) == 0:
-        return float("nan")
-    r = np.argsort(np.argsort(y)).astype(np.float64)
-    t = np.arange(len(y), dtype=np.float64)
-    return float(np.corrcoef(r, t)[0, 1])
-
-
 def clip_reward_curve(model: ClipReward, dataset_dir: str | Path, episodes: list[int] | None = None,
                       device: str | torch.device = "cpu", max_memory_gb: float = 8.0) -> dict[str, Any]:
     """Score every frame of `episodes` (all when None) of a dataset offline: does the prompt's reward rise
@@ -373,7 +365,7 @@ def clip_reward_curve(model: ClipReward, dataset_dir: str | Path, episodes: list
         k = max(1, len(r) // 10)
         rise.append(float(r[-k:].mean() - r[:k].mean()) if len(r) else float("nan"))
     return {"episodes": eps, "reward": rewards, "success": [reader.meta.success(e) for e in eps], "rise": rise,
-            "voc": [_spearman(r) for r in rewards]}
+            "voc": [spearman(r, np.arange(len(r))) for r in rewards]}
 
 
 __all__ = ["ClipReward", "ClipRewardConfig", "build_clip_reward", "clip_reward_curve", "projection_matrix",

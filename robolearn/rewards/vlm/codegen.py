@@ -39,6 +39,7 @@ import numpy as np
 from robolearn.data.format import atomic_write_bytes, atomic_write_json, to_jsonable
 from robolearn.errors import ConfigError, RobolearnError
 from robolearn.rewards.code import ObsField, describe_fields, obs_fields, split_obs
+from robolearn.rewards.metrics import spearman
 from robolearn.rewards.shaping import ShapingConfig
 from robolearn.rewards.vlm.client import VLMConfig
 
@@ -187,19 +188,10 @@ def recorded_episodes(dataset: str, n: int) -> Recorded:
     return Recorded(out, fields, dataset)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
-    def ranks(v):
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        _, inv, counts = np.unique(v, return_inverse=True, return_counts=True)
-        sums = np.bincount(inv, weights=r)
-        return (sums / counts)[inv]
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return 0.0
-    return float(np.corrcoef(rx, ry)[0, 1])
+def _time_corr(values: np.ndarray) -> float:
+    """Spearman correlation of values with time; 0 when they are constant (the critic's "does not rise")."""
+    rho = spearman(np.arange(len(values)), values)
+    return 0.0 if np.isnan(rho) else rho
 
 
 def critique(source: str, recorded: Recorded, min_corr: float, limits=None) -> dict[str, Any]:
@@ -217,10 +209,9 @@ def critique(source: str, recorded: Recorded, min_corr: float, limits=None) -> d
             for obs, action in recorded.episodes:
                 terms = box.evaluate(obs, action)
                 total = np.sum(list(terms.values()), axis=0)
-                t = np.arange(len(total))
-                corr.append(spearman(t, total))
+                corr.append(_time_corr(total))
                 for k, v in terms.items():
-                    per_term.setdefault(k, []).append(spearman(t, v))
+                    per_term.setdefault(k, []).append(_time_corr(v))
                     s = stats.setdefault(k, [np.inf, -np.inf, 0.0, 0])
                     s[0], s[1] = min(s[0], float(v.min())), max(s[1], float(v.max()))
                     s[2] += float(v.sum())
