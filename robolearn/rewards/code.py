@@ -31,6 +31,7 @@ import numpy as np
 from robolearn.data.format import Feature
 from robolearn.errors import ConfigError
 from robolearn.rewards.shaping import ShapingConfig, shaped_reward
+from robolearn.rewards.wrapper import reached_obs, sparse_reward
 
 _AXES = ("x", "y", "z")
 _QUAT = ("qw", "qx", "qy", "qz")
@@ -201,24 +202,11 @@ class CodeRewardWrapper:
     def step(self, actions):
         obs, env_reward, terminated, truncated, info = self.env.step(actions)
         done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
-        reached = {k: np.asarray(obs[k]) for k in self.code.keys}
         ended = np.flatnonzero(done)
-        if len(ended):  # the state each finished episode reached is its final observation
-            reached = {k: v.copy() for k, v in reached.items()}
-            for i in ended:
-                for k in self.code.keys:
-                    reached[k][i] = info["final_obs"][i][k]
+        reached = reached_obs(obs, info, self.code.keys, ended)
         acts = np.asarray(actions, np.float64).reshape(self.num_envs, -1)
         phi_next, code_terms = self._potential(reached, acts)
-        if self.shaping.sparse == "success":
-            sparse = np.asarray(info.get("success", np.zeros(self.num_envs)), np.float64).copy()
-            final = info.get("final_info", {}).get("success") if len(ended) else None
-            if final is not None:
-                sparse[ended] = np.asarray(final, np.float64)[ended]
-        elif self.shaping.sparse == "env":
-            sparse = np.asarray(env_reward, np.float64)
-        else:
-            sparse = np.zeros(self.num_envs)
+        sparse = sparse_reward(self.shaping, info, env_reward, ended, self.num_envs)
         terms = shaped_reward(self.shaping, sparse, self._phi, phi_next, terminated)
         self.steps += 1
         self._phi = phi_next

@@ -26,6 +26,32 @@ from robolearn.rewards.base import RewardModel
 from robolearn.rewards.shaping import ShapingConfig, shaped_reward
 
 
+def reached_obs(obs: dict, info: dict, keys, ended: np.ndarray) -> dict[str, np.ndarray]:
+    """obs[k] for `keys`, with each finished env's final observation in place of its next episode's first
+    (same-step auto-reset): the state each step actually reached."""
+    reached = {k: np.asarray(obs[k]) for k in keys}
+    if len(ended):
+        reached = {k: v.copy() for k, v in reached.items()}
+        for i in ended:
+            for k in keys:
+                reached[k][i] = info["final_obs"][i][k]
+    return reached
+
+
+def sparse_reward(shaping: ShapingConfig, info: dict, env_reward, ended: np.ndarray, n: int) -> np.ndarray:
+    """The sparse reward r of a step as `shaping.sparse` chooses it: the task's success (a finished env's
+    from its final info), the env's own reward, or none."""
+    if shaping.sparse == "success":
+        sparse = np.asarray(info.get("success", np.zeros(n)), np.float64).copy()
+        final = info.get("final_info", {}).get("success") if len(ended) else None
+        if final is not None:
+            sparse[ended] = np.asarray(final, np.float64)[ended]
+        return sparse
+    if shaping.sparse == "env":
+        return np.asarray(env_reward, np.float64)
+    return np.zeros(n)
+
+
 class RewardError(RobolearnError, ValueError):
     """A learned reward came out NaN or infinite."""
 
@@ -97,24 +123,10 @@ class RewardWrapper:
         obs, env_reward, terminated, truncated, info = self.env.step(actions)
         done = np.asarray(terminated, bool) | np.asarray(truncated, bool)
         keys = self.model.config.obs_keys
-        reached = {k: np.asarray(obs[k]) for k in keys}
         ended = np.flatnonzero(done)
-        if len(ended):  # the state each finished episode reached is its final observation
-            reached = {k: v.copy() for k, v in reached.items()}
-            for i in ended:
-                for k in keys:
-                    reached[k][i] = info["final_obs"][i][k]
-        out = self.engine.score(reached)
+        out = self.engine.score(reached_obs(obs, info, keys, ended))
         phi_next = self._potential(out)
-        if self.shaping.sparse == "success":
-            final = info.get("final_info", {}).get("success") if len(ended) else None
-            sparse = np.asarray(info.get("success", np.zeros(self.num_envs)), np.float64).copy()
-            if final is not None:
-                sparse[ended] = np.asarray(final, np.float64)[ended]
-        elif self.shaping.sparse == "env":
-            sparse = np.asarray(env_reward, np.float64)
-        else:
-            sparse = np.zeros(self.num_envs)
+        sparse = sparse_reward(self.shaping, info, env_reward, ended, self.num_envs)
         terms = shaped_reward(self.shaping, sparse, self._phi, phi_next, terminated)
         progress = out.get("progress", out["reward"])
         self.steps += 1
