@@ -339,6 +339,22 @@ VERBS: dict[str, Verb] = {
                Flag("--json", "print the result as JSON")),
         show=_show_module("robolearn.eval.judge"),
     ),
+    "select": Verb(
+        "rank candidate policies for deployment without the robot: sim success x OOD of real observations (VSDR)",
+        "robolearn.eval.select",
+        config="SelectConfig",
+        flags=(Flag("--policies", "candidate policy checkpoints or run directories, e.g. [runs/bc/a,runs/bc/b] "
+                    "(sets policies)", field="policies", metavar="LIST", yaml=True),
+               Flag("--real-dataset", "recorded real-robot episodes (sets real_dataset)", field="real_dataset",
+                    metavar="DIR"),
+               Flag("--sim-episodes", "seeded sim episodes per policy (sets sim_episodes)", field="sim_episodes",
+                    metavar="N", yaml=True),
+               Flag("--beta", "weight of the OOD term; 0 ranks by sim success alone (sets beta)", field="beta",
+                    metavar="B", yaml=True),
+               Flag("--out", "output directory (sets out)", field="out", metavar="DIR"),
+               Flag("--json", "print the result as JSON")),
+        show=_show_module("robolearn.eval.select"),
+    ),
     "bench inference": Verb(
         "measure policy inference latency (per control tick) and batch throughput",
         "robolearn.inference.bench",

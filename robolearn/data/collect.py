@@ -26,6 +26,7 @@ from robolearn.data.stages import StageAnnotation
 from robolearn.data.video import VideoOptions
 from robolearn.data.writer import DatasetWriter, EpisodeRecord
 from robolearn.errors import ConfigError
+from robolearn.sim.config import RandomizationConfig
 
 FailureMode = Literal["drop", "stall"]
 
@@ -60,6 +61,9 @@ class CollectConfig:
     """failures to draw from: drop (release after grasping), stall (the arm freezes)"""
     max_episode_steps: int = 0
     """time limit in control steps; 0 uses the task's default"""
+    randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
+    """domain randomization of the recording envs (physics and visual; off by default), kept in
+    meta/robolearn.json's env config, which `robolearn eval` rebuilds"""
     video: VideoOptions = field(default_factory=VideoOptions)
     fsync: bool = True
     """flush every committed file to disk (survives power loss, not only a killed process)"""
@@ -144,7 +148,7 @@ def run(cfg: CollectConfig) -> Path:
     out = Path(cfg.out)
     env = make_env(cfg.task, num_envs=cfg.num_envs, num_threads=cfg.num_threads, seed=cfg.seed,
                    cameras=list(cfg.cameras), image_size=tuple(cfg.image_size),
-                   max_episode_steps=cfg.max_episode_steps)
+                   max_episode_steps=cfg.max_episode_steps, randomization=config_to_dict(cfg.randomization))
     if not isinstance(env, VecEnv):
         raise ConfigError(f"collect: {cfg.task!r} has no scripted expert; collect records native tasks "
                           "(`robolearn tasks` lists them)")
@@ -154,6 +158,10 @@ def run(cfg: CollectConfig) -> Path:
         if cfg.resume and (out / "meta" / "info.json").exists():
             writer = DatasetWriter.open(out, fsync=cfg.fsync)
             rec_env = writer.extra_meta.get("env", {})
+            if rec_env.get("randomization", env_dict["randomization"]) != env_dict["randomization"]:
+                raise DatasetError(f"{out}: was recorded with randomization {rec_env['randomization']}; resuming "
+                                   f"with {env_dict['randomization']} would mix the two. Use the same "
+                                   "randomization or another --out")
             if rec_env.get("task") != cfg.task or set(writer.features) != set(feats):
                 raise DatasetError(f"{out}: holds a recording of task {rec_env.get('task')!r} with features "
                                    f"{sorted(writer.features)}; it cannot be resumed with task {cfg.task!r} and "
