@@ -40,7 +40,7 @@ $(VENV)/.stamp: pyproject.toml Makefile | system-deps
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[dev]' $(TORCH)
+	$(PIP) install -e '.[dev,ros]' $(TORCH)
 	touch $@
 
 # OSMesa/GL for off-screen rendering, libusb for cameras and arms, ffmpeg for videos.
