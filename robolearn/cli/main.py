@@ -300,6 +300,15 @@ VERBS: dict[str, Verb] = {
         config="VLMBenchConfig",
         flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),),
     ),
+    "bench judge": Verb(
+        "measure the judge and select checks against sim truth: stall-stage agreement, policy-rank agreement, "
+        "selection rank correlation vs sim success alone",
+        "robolearn.eval.judge_bench",
+        config="JudgeBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
+               Flag("--quick", "smoke budget: a few episodes and steps, figures meaningless (sets quick=true)",
+                    field="quick")),
+    ),
     "eval": Verb(
         "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
         "robolearn.eval.sim",
