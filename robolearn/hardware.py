@@ -24,11 +24,11 @@ class RobotSpec:
 
     name: str
     joint_names: tuple[str, ...]
-    position_lower: np.ndarray  # (7,) rad
-    position_upper: np.ndarray  # (7,) rad
-    velocity_limit: np.ndarray  # (7,) rad/s
-    effort_limit: np.ndarray  # (7,) N*m
-    home: np.ndarray  # (7,) rad
+    position_lower: np.ndarray  # (dof,) rad
+    position_upper: np.ndarray  # (dof,) rad
+    velocity_limit: np.ndarray  # (dof,) rad/s
+    effort_limit: np.ndarray  # (dof,) N*m
+    home: np.ndarray  # (dof,) rad
     gripper_joint_names: tuple[str, ...]
     gripper_width_min: float  # m
     gripper_width_max: float  # m
@@ -36,6 +36,15 @@ class RobotSpec:
     control_rate_hz: float
     topics: dict[str, str]
     path: Path
+    dh: np.ndarray | None = None
+    """(dof, 3) standard Denavit-Hartenberg d (m), a (m), alpha (rad) per joint (`kinematics:`); None: the
+    arm's kinematics come from the simulated model (robolearn.sim.robot, the Panda)"""
+    tcp_offset: np.ndarray | None = None
+    """(3,) m, last DH frame (the flange) to the tool centre point, in the flange frame (with `dh`)"""
+    workspace_lo: np.ndarray | None = None
+    """(3,) m, lower corner of the TCP box the safety filter allows by default, in the base frame (`workspace:`)"""
+    workspace_hi: np.ndarray | None = None
+    """(3,) m, upper corner of that box"""
 
     @property
     def dof(self) -> int:
@@ -105,6 +114,29 @@ def load_robot(name_or_path: str | Path = "panda") -> RobotSpec:
     if np.any(vecs["home"] < vecs["position_lower"]) or np.any(vecs["home"] > vecs["position_upper"]):
         raise ConfigError(f"{path}: arm.home lies outside the joint position limits")
     topics = {k: v for k, v in ctl.items() if k.endswith(("_topic", "_action"))}
+
+    def numbers(d: dict, key: str, where: str, n: int) -> np.ndarray:
+        value = get(d, key, where)
+        try:
+            v = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            v = np.full(0, np.nan)
+        if v.shape != (n,) or not np.all(np.isfinite(v)):
+            raise ConfigError(f"{path}: {where}{key} must be {n} finite numbers, got {value!r}")
+        return v
+
+    optional: dict = {}
+    if "kinematics" in raw:  # optional: arms without a simulated model (hardware/robots/ur5e.yaml)
+        kin = raw["kinematics"]
+        dh = [numbers(kin, k, "kinematics.", len(names)) for k in ("dh_d", "dh_a", "dh_alpha")]
+        optional["dh"] = np.stack(dh, axis=1)
+        optional["tcp_offset"] = numbers(kin, "tcp_offset", "kinematics.", 3) if "tcp_offset" in kin else np.zeros(3)
+    if "workspace" in raw:
+        ws = raw["workspace"]
+        lo, hi = numbers(ws, "lo", "workspace.", 3), numbers(ws, "hi", "workspace.", 3)
+        if np.any(lo >= hi):
+            raise ConfigError(f"{path}: workspace.lo must be below workspace.hi on every axis")
+        optional["workspace_lo"], optional["workspace_hi"] = lo, hi
     return RobotSpec(
         name=str(get(raw, "name", "")),
         joint_names=names,
@@ -120,4 +152,5 @@ def load_robot(name_or_path: str | Path = "panda") -> RobotSpec:
         control_rate_hz=number(ctl, "rate_hz", "control."),
         topics=topics,
         path=path,
+        **optional,
     )
