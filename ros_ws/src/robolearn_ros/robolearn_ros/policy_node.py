@@ -1,0 +1,321 @@
+"""policy_node: a trained robolearn policy commanding a ros2_control arm through robolearn.deploy's safety filter.
+
+  -> joint states (sensor_msgs/JointState)       the hardware file's joint_state_topic
+  -> cameras (sensor_msgs/Image)                 those the policy reads, at `camera_topic_format` (or camera_topics)
+  -> environment state (std_msgs/Float64MultiArray)  when the policy reads it (a tracker, or sim_robot_node)
+  -> e-stop (std_msgs/Bool)                      true latches the e-stop: every command holds until ~/reset
+  <- position commands (std_msgs/Float64MultiArray) to a forward position controller (command_interface:=position)
+     or a trajectory (trajectory_msgs/JointTrajectory) to a joint trajectory controller (:=trajectory)
+  <- gripper command (std_msgs/Float64MultiArray [width, m])
+  <- ~/status (std_msgs/String, JSON): enabled, e-stop, what the filter changed and why (reasons and their
+     counts), what the node waits for, loop timing (compute, period jitter, state-to-command latency)
+  ~/enable (std_srvs/SetBool), ~/reset (std_srvs/Trigger: clear the e-stop, start the policy afresh)
+
+It starts disabled and publishes no command until enabled (the controllers hold their last target). While
+enabled it commands every tick: the policy's target through the safety filter, or a hold (the e-stop, a
+stale or missing state) that the filter chose. The logic is robolearn.deploy.ControlLoop; this node turns
+messages into RobotState and Commands into messages.
+
+Ticks come from a timer at the control rate, or (step_on_state:=true) from each new joint state once its
+cameras and environment state with the same stamp are in: lockstep with sim_robot_node.
+
+    ros2 run robolearn_ros policy_node --ros-args -p checkpoint:=runs/bc/lift_mlp -p hardware:=panda
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter, deque
+
+import numpy as np
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from robolearn.deploy import ControlConfig, ControlLoop, RobotState, SafetyConfig
+from robolearn_ros.common import (
+    Param,
+    ParameterError,
+    declare_parameters,
+    image_qos,
+    latched_qos,
+    reliable_qos,
+    spin_node,
+)
+from robolearn_ros.convert import (
+    JointStateCache,
+    fingers_from_joints,
+    float_array,
+    float_array_msg,
+    image_to_array,
+    stamp_ns,
+    trajectory_msg,
+)
+from robolearn_ros.sim_robot_node import gripper_topic
+
+PARAMETERS = {
+    "checkpoint": Param("", "policy checkpoint directory, or a training run directory (its checkpoints/last)"),
+    "hardware": Param("panda", "robot name (hardware/robots/<name>.yaml) or path to a hardware YAML file"),
+    "rate_hz": Param(0.0, "control rate, Hz; 0: the rate the policy was trained at"),
+    "device": Param("auto", "policy device: auto, cpu, cuda, cuda:N"),
+    "task": Param("", "task the policy was trained on, when its checkpoint does not record it"),
+    "command_interface": Param("position", "position: std_msgs/Float64MultiArray to a forward position controller; "
+                                           "trajectory: trajectory_msgs/JointTrajectory to a joint trajectory "
+                                           "controller"),
+    "joint_state_topic": Param("", "empty: the hardware file's joint_state_topic"),
+    "position_command_topic": Param("", "empty: the hardware file's position_command_topic"),
+    "trajectory_command_topic": Param("", "empty: the hardware file's trajectory_command_topic"),
+    "gripper_command_topic": Param("", "std_msgs/Float64MultiArray [width, m]; empty: the hardware file's "
+                                       "gripper_command_topic, else /gripper_controller/commands"),
+    "camera_topic_format": Param("/cameras/{camera}/image_raw", "topic of each camera the policy reads"),
+    "camera_topics": Param([], "per-camera topics overriding camera_topic_format, as camera=topic", str),
+    "image_qos": Param("reliable", "camera subscriptions: reliable, or best_effort (sensor-data cameras)"),
+    "environment_state_topic": Param("", "std_msgs/Float64MultiArray of the object state, for policies that "
+                                         "read observation.environment_state (sim: /sim_robot/environment_state)"),
+    "gripper_closed_position": Param(0.8, "robots with one gripper joint (a Robotiq knuckle): its position when "
+                                          "closed (0: open)"),
+    "estop_topic": Param("/estop", "std_msgs/Bool; true latches the e-stop (cleared by ~/reset)"),
+    "step_on_state": Param(False, "tick on each new joint state (lockstep with sim_robot_node) instead of a timer"),
+    "start_enabled": Param(False, "enable at start (simulation only: a real arm starts disabled)"),
+    "status_rate_hz": Param(2.0, "~/status messages per second (also one on every enable, e-stop, reset)"),
+    "velocity_scale": Param(1.0, "fraction of the joint velocity limits a command may use (0, 1]"),
+    "max_obs_age_s": Param(0.0, "watchdog: hold when the newest joint state is older than this, s; 0: 1.5 periods"),
+    "watchdog_action": Param("hold", "hold: hold while states are stale; stop: also latch the e-stop"),
+    "workspace_lo": Param([], "lower corner of the TCP box, m (x, y, z); empty: the robot's default", float),
+    "workspace_hi": Param([], "upper corner of the TCP box, m; empty: the robot's default", float),
+}
+TIMING_WINDOW = 500  # ticks the status timing figures cover
+_NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")  # reasons are counted by kind: their numbers become '#'
+
+
+
+class PolicyNode(Node):
+    def __init__(self):
+        super().__init__("policy")
+        p = self.p = declare_parameters(self, PARAMETERS)
+        if p.command_interface not in ("position", "trajectory"):
+            raise ParameterError(f"parameter 'command_interface' must be position or trajectory, got "
+                                 f"{p.command_interface!r}")
+        if not p.checkpoint:
+            raise ParameterError("parameter 'checkpoint' is not set; pass the policy, e.g. "
+                                 "-p checkpoint:=runs/bc/lift_mlp/checkpoints/last")
+        safety = SafetyConfig(workspace_lo=list(p.workspace_lo), workspace_hi=list(p.workspace_hi),
+                              velocity_scale=p.velocity_scale, max_obs_age_s=p.max_obs_age_s,
+                              watchdog_action=p.watchdog_action)
+        self.loop = ControlLoop(ControlConfig(policy=p.checkpoint, robot=p.hardware, rate_hz=p.rate_hz,
+                                              device=p.device, safety=safety, task=p.task))
+        spec = self.spec = self.loop.robot_spec
+        self.cache = JointStateCache(spec.joint_names, spec.gripper_joint_names)
+        self.images: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (stamp ns, image)
+        self.env_state: tuple[int | None, np.ndarray] | None = None
+        self.state_received = 0.0  # monotonic time the newest arm joint state arrived
+        self.answered = -1  # stamp (ns) of the last joint state a step_on_state tick answered
+
+        qos = reliable_qos()
+        self.create_subscription(JointState, p.joint_state_topic or spec.topics["joint_state_topic"], self.on_joints,
+                                 qos)
+        cam_topics = self._camera_topics()
+        for cam in self.loop.required_cameras:
+            self.create_subscription(Image, cam_topics[cam], lambda m, c=cam: self.on_image(c, m),
+                                     image_qos(p.image_qos))
+        if self.loop.needs_environment_state:
+            if not p.environment_state_topic:
+                raise ParameterError("the policy reads observation.environment_state; set parameter "
+                                     "'environment_state_topic' to a std_msgs/Float64MultiArray topic of the object "
+                                     "state (sim_robot_node publishes /sim_robot/environment_state)")
+            self.create_subscription(Float64MultiArray, p.environment_state_topic, self.on_env_state, qos)
+        self.create_subscription(Bool, p.estop_topic, self.on_estop, qos)
+        self.gripper_pub = self.create_publisher(Float64MultiArray, gripper_topic(spec, p.gripper_command_topic), qos)
+        if p.command_interface == "position":
+            self.command_topic = p.position_command_topic or spec.topics["position_command_topic"]
+            self.command_pub = self.create_publisher(Float64MultiArray, self.command_topic, qos)
+        else:
+            self.command_topic = p.trajectory_command_topic or spec.topics["trajectory_command_topic"]
+            self.command_pub = self.create_publisher(JointTrajectory, self.command_topic, qos)
+        self.status_pub = self.create_publisher(String, "~/status", latched_qos())
+        self.create_service(SetBool, "~/enable", self.on_enable)
+        self.create_service(Trigger, "~/reset", self.on_reset)
+
+        self.ticks = self.sent = self.holds = 0
+        self.reasons: Counter[str] = Counter()
+        self.last: dict = {"held": None, "reasons": []}
+        self.compute_s: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.latency_s: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.wakes: deque[float] = deque(maxlen=TIMING_WINDOW)
+        wall = Clock(clock_type=ClockType.STEADY_TIME)  # status keeps coming under use_sim_time too
+        if not p.step_on_state:
+            self.create_timer(self.loop.control_dt, self.tick, clock=wall)
+        if p.status_rate_hz > 0:
+            self.create_timer(1.0 / p.status_rate_hz, self.publish_status, clock=wall)
+        if p.start_enabled:
+            self.loop.enable()
+        self.get_logger().info(
+            f"policy {p.checkpoint} on {spec.name} ({self.loop.action_mode}, {self.loop.rate_hz:g} Hz, "
+            f"{'on each state' if p.step_on_state else 'timer'}) -> {self.command_topic}; cameras "
+            f"{self.loop.required_cameras or 'none'}; {'ENABLED' if self.loop.enabled else 'disabled: call ~/enable'}")
+        self.publish_status()
+
+    def _camera_topics(self) -> dict[str, str]:
+        out = {cam: self.p.camera_topic_format.format(camera=cam) for cam in self.loop.required_cameras}
+        for item in self.p.camera_topics:
+            cam, sep, topic = item.partition("=")
+            if not sep or not cam or not topic:
+                raise ParameterError(f"parameter 'camera_topics': {item!r} must be written camera=topic")
+            out[cam] = topic
+        return out
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def on_joints(self, msg: JointState) -> None:
+        if self.cache.update(msg):
+            self.state_received = time.monotonic()
+            self.maybe_step()
+
+    def on_image(self, cam: str, msg: Image) -> None:
+        try:
+            self.images[cam] = (stamp_ns(msg.header.stamp), image_to_array(msg))
+        except ValueError as e:
+            self.get_logger().error(f"camera {cam}: {e}", throttle_duration_sec=5.0)
+            return
+        self.maybe_step()
+
+    def on_env_state(self, msg: Float64MultiArray) -> None:
+        values, stamp = float_array(msg)
+        self.env_state = (stamp, values)
+        self.maybe_step()
+
+    def on_estop(self, msg: Bool) -> None:
+        if msg.data and not self.loop.filter.estopped:
+            self.loop.estop(f"e-stop topic {self.p.estop_topic}")
+            self.get_logger().warning("E-STOP latched: every command holds until ~/reset")
+            self.publish_status()
+
+    # ---- services -----------------------------------------------------------------------------------
+    def on_enable(self, req, res):
+        if req.data:
+            self.loop.enable()
+            self.answered = -1  # step_on_state: answer the state that came while disabled now
+            self.maybe_step()
+        else:
+            self.loop.disable()
+        res.success = True
+        res.message = "enabled" if self.loop.enabled else "disabled"
+        if self.loop.enabled and self.loop.filter.estopped:
+            res.message += f" (e-stop latched: {self.loop.filter.estop_reason}; commands hold until ~/reset)"
+        self.get_logger().info(res.message)
+        self.publish_status()
+        return res
+
+    def on_reset(self, _req, res):
+        was = self.loop.filter.estop_reason
+        self.loop.clear_estop()
+        self.loop.reset()
+        self.answered = -1
+        res.success = True
+        res.message = "policy reset" + (f", e-stop cleared ({was})" if was else "")
+        self.publish_status()
+        return res
+
+    # ---- one tick -----------------------------------------------------------------------------------
+    def waiting_for(self) -> list[str]:
+        """What the next tick lacks (empty: it has everything)."""
+        out = [f"joint {n}" for n in self.cache.missing()]
+        out += [f"camera {c}" for c in self.loop.required_cameras if c not in self.images]
+        if self.loop.needs_environment_state and self.env_state is None:
+            out.append("environment state")
+        return out
+
+    def maybe_step(self) -> None:
+        """step_on_state: tick once per joint state, when its cameras and environment state are in."""
+        if not self.p.step_on_state or not self.cache.complete:
+            return
+        stamp = self.cache.stamp_ns
+        if stamp == self.answered:
+            return  # a republished state we answered already
+        if any(self.images.get(c, (None,))[0] != stamp for c in self.loop.required_cameras):
+            return
+        if self.loop.needs_environment_state and (self.env_state is None or self.env_state[0] not in (None, stamp)):
+            return
+        self.answered = stamp
+        self.tick()
+
+    def robot_state(self) -> RobotState | None:
+        if not self.cache.complete:
+            return None
+        q, dq, joints = self.cache.arrays()
+        fingers = fingers_from_joints(joints, self.spec.gripper_width_max, self.p.gripper_closed_position)
+        env = self.env_state[1] if self.env_state is not None else None
+        return RobotState(stamp=self.state_received, q=q, dq=dq, fingers=fingers,
+                          images={c: img for c, (_, img) in self.images.items()}, environment_state=env)
+
+    def tick(self) -> None:
+        wake = time.monotonic()
+        state = self.robot_state()
+        cmd = self.loop.step(state, wake)
+        self.ticks += 1
+        self.reasons.update(_NUMBER.sub("#", r) for r in cmd.reasons)
+        self.last = {"held": cmd.held, "reasons": list(cmd.reasons)}
+        if self.loop.enabled and not cmd.empty:
+            self.publish_command(cmd.q, cmd.gripper_width)
+            self.sent += 1
+            self.holds += cmd.held
+            sent = time.monotonic()
+            if state is not None:
+                self.latency_s.append(sent - state.stamp)
+        self.compute_s.append(time.monotonic() - wake)
+        self.wakes.append(wake)
+
+    def publish_command(self, q: np.ndarray, width: float) -> None:
+        stamp = self.cache.stamp_ns  # the state this answers (see robolearn_ros.convert)
+        self.gripper_pub.publish(float_array_msg([width], stamp, "width"))
+        if self.p.command_interface == "position":
+            self.command_pub.publish(float_array_msg(q, stamp, "positions"))
+        else:
+            self.command_pub.publish(trajectory_msg(list(self.spec.joint_names), q, self.loop.control_dt))
+
+    # ---- status -------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        def ms(x, q) -> float | None:
+            return round(float(np.percentile(x, q)) * 1e3, 3) if len(x) else None
+
+        periods = np.diff(np.asarray(self.wakes))
+        f = self.loop.filter
+        return {
+            "node": self.get_fully_qualified_name(),
+            "enabled": self.loop.enabled,
+            "estopped": f.estopped,
+            "estop_reason": f.estop_reason,
+            "held": self.last["held"],
+            "reasons": self.last["reasons"],
+            "reason_counts": dict(self.reasons),  # since start, numbers as '#'
+            "waiting_for": self.waiting_for(),
+            "ticks": self.ticks,
+            "commands_sent": self.sent,
+            "holds_sent": self.holds,
+            "rate_hz": self.loop.rate_hz,
+            "mode": "step_on_state" if self.p.step_on_state else "timer",
+            "state_age_ms": round((time.monotonic() - self.state_received) * 1e3, 3) if self.state_received else None,
+            "timing": {
+                "window": len(self.compute_s),
+                "compute_ms_p50": ms(self.compute_s, 50), "compute_ms_p99": ms(self.compute_s, 99),
+                "compute_ms_max": round(max(self.compute_s) * 1e3, 3) if self.compute_s else None,
+                "period_ms_mean": round(float(periods.mean()) * 1e3, 3) if len(periods) else None,
+                "period_jitter_ms_p99": ms(np.abs(periods - self.loop.control_dt), 99) if len(periods) else None,
+                "latency_ms_p50": ms(self.latency_s, 50), "latency_ms_p99": ms(self.latency_s, 99),
+            },
+        }
+
+    def publish_status(self) -> None:
+        self.status_pub.publish(String(data=json.dumps(self.status())))
+
+
+def main(args: list[str] | None = None) -> None:
+    raise SystemExit(spin_node(PolicyNode, "policy", args))
+
+
+if __name__ == "__main__":
+    main()
