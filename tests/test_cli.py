@@ -215,3 +215,14 @@ def test_format_tasks_per_dimension_bounds():
     )
     assert "low [-1, 0]  high [1, 2]" in text
     assert cli.format_tasks([]) == "no tasks registered"
+
+
+def test_ros_launch_verb_passes_its_arguments_through(capsys):
+    from robolearn.cli.main import main as cli_main
+
+    """`robolearn ros launch` hands everything after the verb to the launcher (its own options included)."""
+    assert cli_main(["ros", "launch", "--show-args", "sim_deploy", "policy:=runs/bc/x", "episodes:=3"]) == 0
+    out = capsys.readouterr().out
+    assert "sim_robot_node" in out and "policy_node" in out and "episodes = '3'" in out
+    assert cli_main(["ros", "launch", "no_such_file"]) == 2
+    assert "no_such_file" in capsys.readouterr().err

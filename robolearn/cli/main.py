@@ -68,6 +68,9 @@ class Verb:
     """verb-specific options"""
     show: Callable[[Any, argparse.Namespace], None] | None = None
     """prints the function's return value; None prints nothing (the function reports itself)"""
+    raw: bool = False
+    """the verb parses its own arguments: function(argv) gets everything after the verb and returns the
+    exit code (`robolearn ros launch FILE name:=value ...`)"""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,6 +367,12 @@ VERBS: dict[str, Verb] = {
                Flag("--json", "print the result as JSON")),
         show=_show_module("robolearn.eval.select"),
     ),
+    "ros launch": Verb(
+        "run a ROS 2 launch file of ros_ws/ (sim_deploy, deploy, record) without `ros2 launch`: name:=value args",
+        "robolearn.deploy.launch",
+        function="main",
+        raw=True,
+    ),
     "bench inference": Verb(
         "measure policy inference latency (per control tick) and batch throughput",
         "robolearn.inference.bench",
@@ -455,6 +464,7 @@ GROUP_HELP = {
     "bench": "benchmarks that print a table and write JSON",
     "train": "train policies and reward models",
     "reward": "inspect reward models",
+    "ros": "the ROS 2 bridge: run ros_ws/ launch files (deploy a policy to a real or simulated arm, record)",
     "convert": "convert recorded demonstrations (robomimic HDF5, rosbag2) into a LeRobot-layout dataset",
 }
 
@@ -522,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{group[0]}_verb", metavar="VERB", required=True, parser_class=_Parser
                 )
             where = groups[group[0]]
-        sub = where.add_parser(leaf, help=verb.help, description=verb.help)
+        sub = where.add_parser(leaf, help=verb.help, description=verb.help, add_help=not verb.raw)
         sub.verb = verb
         _add_verb_arguments(sub, verb)
         sub.set_defaults(_verb=name, _parser=sub)
@@ -530,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_verb_arguments(sub: argparse.ArgumentParser, verb: Verb) -> None:
+    if verb.raw:
+        sub.add_argument("argv", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments; ARGS --help lists them")
+        return
     if verb.config is not None:
         preset_help = "a preset: configs/<group>/NAME.yaml by name, or a path to a YAML file"
         if verb.preset_group:
@@ -588,6 +601,8 @@ def run_verb(name: str, args: argparse.Namespace, overrides: list[str]) -> int:
     verb = VERBS[name]
     module = _import(name, verb)
     function = getattr(module, verb.function)
+    if verb.raw:
+        return int(function(list(args.argv)) or 0)
     if verb.config is None:
         result = function()
     else:
@@ -616,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(None if argv is None else list(argv))
     verb = VERBS[args._verb]
+    if verb.raw:  # the verb parses its own options (argparse leaves those before the first positional in extra)
+        args.argv, extra = [*extra, *args.argv], []
     # argparse stops filling the KEY=VALUE positional at the first option, so `demo a=1 --quick b=2`
     # leaves b=2 in `extra`; anything else left over is a real mistake.
     wrong = [x for x in extra if x.startswith("-") or "=" not in x or verb.config is None]
