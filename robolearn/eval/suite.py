@@ -81,7 +81,8 @@ class SuiteConfig:
     seeds: list[int] = field(default_factory=lambda: [1000, 2000])
     """eval seeds; each is a cell of its own (held out from the collect seeds 0, 1, ...)"""
     settings: list[str] = field(default_factory=lambda: ["nominal"])
-    """built-in randomization settings to evaluate under: nominal (off), physics, visual, heavy"""
+    """randomization settings to evaluate under: built-in nominal (off), physics, visual, heavy, or a name
+    defined under `randomization`"""
     randomization: dict[str, dict[str, Any]] = field(default_factory=dict)
     """more named settings: name -> RandomizationConfig overrides, e.g. {heavy_mass: {physics: {mass_scale:
     [0.7, 1.3]}}}; evaluated after `settings`"""
@@ -145,15 +146,18 @@ class SuiteConfig:
         from robolearn.sim.config import RandomizationConfig
         from robolearn.sim.randomization import validate
 
-        unknown = [s for s in self.settings if s not in PRESETS]
+        unknown = [s for s in self.settings if s not in PRESETS and s not in self.randomization]
         if unknown:
             raise ConfigError(f"eval suite: unknown setting {unknown[0]!r}; built-in settings: {', '.join(PRESETS)} "
-                              "(define your own under randomization.<name>)." + did_you_mean(unknown[0], list(PRESETS)))
-        twice = [s for s in self.settings if s in self.randomization or self.settings.count(s) > 1]
+                              "(define your own under randomization.<name>)."
+                              + did_you_mean(unknown[0], [*PRESETS, *self.randomization]))
+        twice = [s for s in self.settings if self.settings.count(s) > 1]
         if twice:
-            raise ConfigError(f"eval suite: setting {twice[0]!r} is named twice; list it once in settings, or rename "
-                              "the one under randomization")
-        named = {**{s: PRESETS[s] for s in self.settings}, **self.randomization}
+            raise ConfigError(f"eval suite: setting {twice[0]!r} is listed twice in settings; list it once")
+        # settings may name a setting of its own (randomization.<name> replaces a built-in of that name);
+        # those only defined under randomization follow
+        named = {s: self.randomization.get(s, PRESETS.get(s)) for s in self.settings}
+        named |= {k: v for k, v in self.randomization.items() if k not in named}
         if not named:
             raise ConfigError("eval suite: no settings to evaluate under; set settings=[nominal] or define "
                               "randomization.<name>")

@@ -265,3 +265,14 @@ def test_cli_row(policies, tmp_path, monkeypatch, capsys):
     assert "settings: [nominal, heavy]" in printed
     assert cli.main(["eval-suite", "--policies", f"[{policies[0]}]", "--episodes", "0"]) == 2
     assert "robolearn: error: eval suite: episodes=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_settings_may_name_custom_settings_in_order():
+    """`settings` lists built-in and custom names alike, in evaluation order; custom ones not listed follow."""
+    real = {"physics": {"mass_scale": [1.1, 1.4]}}
+    cfg = SuiteConfig(policies=["x"], settings=["real", "nominal"], randomization={"real": real, "light": {}})
+    configs = cfg.randomization_configs()
+    assert list(configs) == ["real", "nominal", "light"]
+    assert configs["real"].physics.mass_scale == (1.1, 1.4) or list(configs["real"].physics.mass_scale) == [1.1, 1.4]
+    with pytest.raises(ConfigError, match="listed twice"):
+        SuiteConfig(policies=["x"], settings=["nominal", "nominal"]).randomization_configs()
