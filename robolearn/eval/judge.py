@@ -32,9 +32,12 @@ running max m_t = max_{s<=t} q_s and drawdown dd_t = m_t - q_t):
 
 Diagnosis (failures): the diagnosis frame d is the first frame after which the episode never again
 exceeds its running max by more than `eps` (d = min{t : max_{s>t} q_s <= m_t + eps}; q_d = m_d, the
-frame of its final best). The judge reports d, its time, the model's stage there (argmax of the stage
-probabilities averaged over the smoothing window around d), whether the episode then `stalled` (ended
-within `regression_delta` of its best) or `regressed` (fell further), and a thumbnail of that frame.
+frame of its final best). The judge reports d, its time, the stage the episode failed in: the model's
+stage at the peak of q (argmax of the stage probabilities averaged over the smoothing window around
+argmax_t q_t, the furthest point, at or just after d: a drop shortly after a stage began still counts in
+that stage, where d, which needs `eps` of new progress, would name the one before), whether the episode
+then `stalled` (ended within `regression_delta` of its best) or `regressed` (fell further), and a
+thumbnail of frame d.
 
 Checks where ground truth exists (sim datasets: success labels, true stage annotations):
   stall_stage_agreement   share of failed episodes whose diagnosed stage is the true failure stage: the
@@ -450,8 +453,8 @@ def judge_episode(ep: int, scores: dict[str, np.ndarray], reader, stage_names: l
     }
     d = fig["diagnosis_frame"]
     if not success:
-        k = stage_at(scores, d, round(cfg.smooth_s * fps) // 2)
         q = fig["curve"]
+        k = stage_at(scores, int(np.argmax(q)), round(cfg.smooth_s * fps) // 2)
         row.update(diagnosis_frame=d, diagnosis_time_s=d / fps, diagnosis_progress=float(q[d]),
                    diagnosis_stage_index=k, diagnosis_stage=stage_names[k] if k is not None and k < len(stage_names)
                    else None,
