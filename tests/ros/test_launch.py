@@ -61,7 +61,7 @@ def test_every_launch_file_is_covered_and_valid_xml():
 def test_setup_py_installs_every_node_and_the_data_files():
     scripts = console_scripts(ROS_PKG / "setup.py")
     assert scripts == {f"{n}_node": f"robolearn_ros.{n}_node:main" for n in ("policy", "sim_robot", "recorder",
-                                                                             "relay")}
+                                                                             "relay", "bench_driver")}
     for target in scripts.values():
         module, func = target.split(":")
         assert (ROS_PKG / Path(*module.split("."))).with_suffix(".py").is_file()

@@ -19,7 +19,7 @@ setup(
     zip_safe=True,
     maintainer="robolearn",
     maintainer_email="robolearn@example.com",
-    description="ROS 2 nodes of robolearn: policy, simulated robot, episode recorder, relay",
+    description="ROS 2 nodes of robolearn: policy, simulated robot, episode recorder, relay, benchmark driver",
     license="Apache-2.0",
     tests_require=["pytest"],
     entry_points={
@@ -28,6 +28,7 @@ setup(
             "sim_robot_node = robolearn_ros.sim_robot_node:main",
             "recorder_node = robolearn_ros.recorder_node:main",
             "relay_node = robolearn_ros.relay_node:main",
+            "bench_driver_node = robolearn_ros.bench_driver_node:main",
         ],
     },
 )

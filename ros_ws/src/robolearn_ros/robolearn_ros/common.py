@@ -103,9 +103,16 @@ def spin_node(make_node: Callable[[], Any], name: str, args: list[str] | None = 
     """Init rclpy, build the node, spin until Ctrl-C / SIGTERM / the node sets `node.finished`, clean up; the
     process exit code (the node's `exit_code`, 0 by default).
 
+    The executor is the node's `executor_kind` (EXECUTORS; SingleThreadedExecutor by default). Everything the node
+    built at start-up (torch, its model, rclpy) is moved out of the garbage collector's sight (`gc.freeze`): the
+    collections of the oldest generation that follow start-up otherwise scan all of it, stopping the node for
+    100-150 ms (measured on policy_node; issue 9).
+
     A bad parameter or any robolearn user error at start-up is one line on stderr and exit code 2."""
+    import gc
+
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
 
     from robolearn.errors import RobolearnError
 
@@ -117,8 +124,10 @@ def spin_node(make_node: Callable[[], Any], name: str, args: list[str] | None = 
         except (ParameterError, RobolearnError) as e:
             print(f"[{name}] error: {e}", file=sys.stderr, flush=True)
             return 2
-        executor = SingleThreadedExecutor()
+        executor = make_executor(getattr(node, "executor_kind", "single"))
         executor.add_node(node)
+        gc.collect()
+        gc.freeze()
         while rclpy.ok() and not getattr(node, "finished", False):
             executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -131,6 +140,23 @@ def spin_node(make_node: Callable[[], Any], name: str, args: list[str] | None = 
             node.destroy_node()
         rclpy.try_shutdown()
     return int(getattr(node, "exit_code", 0))
+
+
+EXECUTORS = ("single", "events")
+"""single: rclpy's SingleThreadedExecutor (a wait set rebuilt in Python on every spin); events:
+rclpy.experimental.EventsExecutor (C++ event queue), about half the CPU per message (issue 9)"""
+
+
+def make_executor(kind: str):
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    if kind == "single":
+        from rclpy.executors import SingleThreadedExecutor
+
+        return SingleThreadedExecutor()
+    raise ParameterError(f"parameter 'executor' must be one of {', '.join(EXECUTORS)}, got {kind!r}")
 
 
 def reliable_qos(depth: int = 10):

@@ -17,7 +17,19 @@ stale or missing state) that the filter chose. The logic is robolearn.deploy.Con
 messages into RobotState and Commands into messages.
 
 Ticks come from a timer at the control rate, or (step_on_state:=true) from each new joint state once its
-cameras and environment state with the same stamp are in: lockstep with sim_robot_node.
+cameras and environment state with the same stamp are in: lockstep with sim_robot_node. With the timer and
+sync_to_states (the default), each tick answers a joint state it has not answered yet: a timer tick that finds
+none waits for the next to arrive (at most until the following timer tick, which runs on the stale state, and
+the watchdog holds), a state arriving just before a timer tick (ALIGN_TOLERANCE) is answered at once in that
+tick's place, and when joint states come at about the control rate the timer is re-phased to fall as they
+arrive. A timer free-running beside the joint states reads each one up to a period after it came (0-10 ms
+at 100 Hz, fixed by the phase the two happened to start at), so the state-to-command latency could never be
+held under a period; synced, it is the tick's compute (GitHub issue 9; `robolearn bench ros`).
+
+Speed (issue 9): the EventsExecutor (half the CPU per message of SingleThreadedExecutor, measured), one torch
+thread (a batch-1 MLP gains nothing from two; with the other core busy, OpenMP's two threads waiting on each
+other put the p99 of its inference at 32-39 ms instead of 2), and no garbage collection of what start-up loaded
+(robolearn_ros.common.spin_node).
 
     ros2 run robolearn_ros policy_node --ros-args -p checkpoint:=runs/bc/lift_mlp -p hardware:=panda
 """
@@ -39,6 +51,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from robolearn.deploy import ControlConfig, ControlLoop, RobotState, SafetyConfig
 from robolearn_ros.common import (
+    EXECUTORS,
     Param,
     ParameterError,
     declare_parameters,
@@ -82,14 +95,23 @@ PARAMETERS = {
     "estop_topic": Param("/estop", "std_msgs/Bool; true latches the e-stop (cleared by ~/reset)"),
     "step_on_state": Param(False, "tick on each new joint state (lockstep with sim_robot_node) instead of a timer"),
     "start_enabled": Param(False, "enable at start (simulation only: a real arm starts disabled)"),
+    "sync_to_states": Param(True, "timer mode: answer each joint state as it arrives when they come at about the "
+                                  "control rate (the timer re-phases to them); false: the timer alone, reading the "
+                                  "newest state up to a period late"),
     "status_rate_hz": Param(2.0, "~/status messages per second (also one on every enable, e-stop, reset)"),
+    "timing_window": Param(500, "ticks the ~/status timing figures cover (the latest ones)"),
     "velocity_scale": Param(1.0, "fraction of the joint velocity limits a command may use (0, 1]"),
     "max_obs_age_s": Param(0.0, "watchdog: hold when the newest joint state is older than this, s; 0: 1.5 periods"),
     "watchdog_action": Param("hold", "hold: hold while states are stale; stop: also latch the e-stop"),
     "workspace_lo": Param([], "lower corner of the TCP box, m (x, y, z); empty: the robot's default", float),
     "workspace_hi": Param([], "upper corner of the TCP box, m; empty: the robot's default", float),
+    "torch_threads": Param(1, "torch intra-op threads of the policy on the CPU; 0: torch's default (one per core)"),
+    "executor": Param("events", "rclpy executor: events (rclpy.experimental.EventsExecutor) or single "
+                                "(SingleThreadedExecutor)"),
 }
-TIMING_WINDOW = 500  # ticks the status timing figures cover
+# sync_to_states, in control periods: a state arriving this close before a timer tick is answered at once, in its
+# place; a timer tick finding a state older than this re-phases the timer
+ALIGN_TOLERANCE = 0.1
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")  # reasons are counted by kind: their numbers become '#'
 
 
@@ -104,6 +126,16 @@ class PolicyNode(Node):
         if not p.checkpoint:
             raise ParameterError("parameter 'checkpoint' is not set; pass the policy, e.g. "
                                  "-p checkpoint:=runs/bc/lift_mlp/checkpoints/last")
+        if p.executor not in EXECUTORS:
+            raise ParameterError(f"parameter 'executor' must be one of {', '.join(EXECUTORS)}, got {p.executor!r}")
+        if p.timing_window < 2 or p.torch_threads < 0:
+            raise ParameterError(f"parameter 'timing_window' must be at least 2 ticks (got {p.timing_window}) and "
+                                 f"'torch_threads' >= 0 (got {p.torch_threads})")
+        self.executor_kind = p.executor
+        if p.torch_threads:
+            import torch
+
+            torch.set_num_threads(p.torch_threads)
         safety = SafetyConfig(workspace_lo=list(p.workspace_lo), workspace_hi=list(p.workspace_hi),
                               velocity_scale=p.velocity_scale, max_obs_age_s=p.max_obs_age_s,
                               watchdog_action=p.watchdog_action)
@@ -114,7 +146,11 @@ class PolicyNode(Node):
         self.images: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (stamp ns, image)
         self.env_state: tuple[int | None, np.ndarray] | None = None
         self.state_received = 0.0  # monotonic time the newest arm joint state arrived
-        self.answered = -1  # stamp (ns) of the last joint state a step_on_state tick answered
+        self.state_period = 0.0  # mean interval between arm joint states, s
+        self.answered = -1  # stamp (ns) of the joint state the last tick answered
+        self.due = False  # sync_to_states: a timer tick is waiting for a new joint state
+        self.taken = False  # sync_to_states: the coming timer tick was taken early, as its state arrived
+        self.realign = False  # sync_to_states: restart the timer as the next joint state arrives
 
         qos = reliable_qos()
         self.create_subscription(JointState, p.joint_state_topic or spec.topics["joint_state_topic"], self.on_joints,
@@ -144,12 +180,11 @@ class PolicyNode(Node):
         self.ticks = self.sent = self.holds = 0
         self.reasons: Counter[str] = Counter()
         self.last: dict = {"held": None, "reasons": []}
-        self.compute_s: deque[float] = deque(maxlen=TIMING_WINDOW)
-        self.latency_s: deque[float] = deque(maxlen=TIMING_WINDOW)
-        self.wakes: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self.compute_s: deque[float] = deque(maxlen=p.timing_window)
+        self.latency_s: deque[float] = deque(maxlen=p.timing_window)
+        self.wakes: deque[float] = deque(maxlen=p.timing_window)
         wall = Clock(clock_type=ClockType.STEADY_TIME)  # status keeps coming under use_sim_time too
-        if not p.step_on_state:
-            self.create_timer(self.loop.control_dt, self.tick, clock=wall)
+        self.timer = None if p.step_on_state else self.create_timer(self.loop.control_dt, self.on_timer, clock=wall)
         if p.status_rate_hz > 0:
             self.create_timer(1.0 / p.status_rate_hz, self.publish_status, clock=wall)
         if p.start_enabled:
@@ -172,8 +207,24 @@ class PolicyNode(Node):
     # ---- inputs -------------------------------------------------------------------------------------
     def on_joints(self, msg: JointState) -> None:
         if self.cache.update(msg):
-            self.state_received = time.monotonic()
+            now = time.monotonic()
+            if self.state_received:
+                interval = now - self.state_received
+                self.state_period += 0.1 * (interval - self.state_period) if self.state_period else interval
+            self.state_received = now
+            if self.due or self.realign or (not self.taken and self.timer_near()):
+                if self.realign:  # the next timer tick one period from now, as the next state arrives
+                    self.timer.reset()
+                self.taken = not (self.due or self.realign)
+                self.due = self.realign = False
+                self.tick()
             self.maybe_step()
+
+    def timer_near(self) -> bool:
+        """sync_to_states: the next timer tick is due within ALIGN_TOLERANCE periods."""
+        if self.timer is None or not self.p.sync_to_states:
+            return False
+        return (self.timer.time_until_next_call() or 0) < ALIGN_TOLERANCE * self.loop.control_dt * 1e9
 
     def on_image(self, cam: str, msg: Image) -> None:
         try:
@@ -252,9 +303,32 @@ class PolicyNode(Node):
         return RobotState(stamp=self.state_received, q=q, dq=dq, fingers=fingers,
                           images={c: img for c, (_, img) in self.images.items()}, environment_state=env)
 
+    def on_timer(self) -> None:
+        """The control clock (module doc): with sync_to_states, tick on a state not answered yet, else wait for one
+        (on_joints ticks when it comes) until the next timer tick."""
+        if not self.p.sync_to_states:
+            self.tick()
+            return
+        if self.taken:  # on_joints answered this tick's state as it arrived
+            self.taken = False
+            return
+        fresh = self.cache.stamp_ns != self.answered
+        if not fresh and not self.due:
+            self.due = True
+            return
+        self.due = not fresh  # a whole period without a new state: tick on the stale one, and keep waiting
+        age = time.monotonic() - self.state_received
+        self.tick()
+        dt = self.loop.control_dt
+        # the state came well before the tick while states come at about the control rate: the timer lags them
+        if fresh and age > ALIGN_TOLERANCE * dt and self.state_period > 0.5 * dt:
+            self.realign = True
+
     def tick(self) -> None:
         wake = time.monotonic()
         state = self.robot_state()
+        if state is not None:
+            self.answered = self.cache.stamp_ns
         cmd = self.loop.step(state, wake)
         self.ticks += 1
         self.reasons.update(_NUMBER.sub("#", r) for r in cmd.reasons)
@@ -271,11 +345,17 @@ class PolicyNode(Node):
 
     def publish_command(self, q: np.ndarray, width: float) -> None:
         stamp = self.cache.stamp_ns  # the state this answers (see robolearn_ros.convert)
-        self.gripper_pub.publish(float_array_msg([width], stamp, "width"))
+        # the arm's command first: a publish costs ~0.3 ms, which the arm need not wait for. In lockstep
+        # (step_on_state) the gripper's goes first: sim_robot_node steps as the arm command arrives, with the
+        # gripper command it has by then
+        if self.p.step_on_state:
+            self.gripper_pub.publish(float_array_msg([width], stamp, "width"))
         if self.p.command_interface == "position":
             self.command_pub.publish(float_array_msg(q, stamp, "positions"))
         else:
             self.command_pub.publish(trajectory_msg(list(self.spec.joint_names), q, self.loop.control_dt))
+        if not self.p.step_on_state:
+            self.gripper_pub.publish(float_array_msg([width], stamp, "width"))
 
     # ---- status -------------------------------------------------------------------------------------
     def status(self) -> dict:

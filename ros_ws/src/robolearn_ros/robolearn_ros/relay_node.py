@@ -14,13 +14,15 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from robolearn.hardware import load_robot
-from robolearn_ros.common import Param, declare_parameters, reliable_qos, spin_node
+from robolearn_ros.common import EXECUTORS, Param, ParameterError, declare_parameters, reliable_qos, spin_node
 from robolearn_ros.convert import JointStateCache, float_array_msg
 
 PARAMETERS = {
     "robot": Param("panda", "robot name (hardware/robots/<name>.yaml) or path to a hardware YAML file"),
     "joint_state_topic": Param("", "sensor_msgs/JointState in; empty: the hardware file's joint_state_topic"),
     "command_topic": Param("", "std_msgs/Float64MultiArray out; empty: the hardware file's position_command_topic"),
+    "executor": Param("events", "rclpy executor: events (rclpy.experimental.EventsExecutor) or single "
+                                "(SingleThreadedExecutor); the same as policy_node's for a fair floor"),
 }
 
 
@@ -28,6 +30,9 @@ class RelayNode(Node):
     def __init__(self):
         super().__init__("relay")
         p = declare_parameters(self, PARAMETERS)
+        if p.executor not in EXECUTORS:
+            raise ParameterError(f"parameter 'executor' must be one of {', '.join(EXECUTORS)}, got {p.executor!r}")
+        self.executor_kind = p.executor
         spec = load_robot(p.robot)
         self.cache = JointStateCache(spec.joint_names, ())
         state_topic = p.joint_state_topic or spec.topics["joint_state_topic"]
