@@ -312,6 +312,16 @@ VERBS: dict[str, Verb] = {
                Flag("--quick", "smoke budget: a few episodes and steps, figures meaningless (sets quick=true)",
                     field="quick")),
     ),
+    "bench ros": Verb(
+        "measure the ROS 2 control loop over DDS on loopback: policy node period jitter, state-to-command latency "
+        "and CPU at 100 Hz, with a bare relay node as the floor",
+        "robolearn.deploy.ros_bench",
+        config="RosBenchConfig",
+        flags=(Flag("--json", "write the JSON results to FILE (sets json_path)", field="json_path", metavar="FILE"),
+               Flag("--policy", "policy checkpoint (sets policy; default: a small MLP trained for the run)",
+                    field="policy", metavar="DIR"),
+               Flag("--quick", "smoke budget: a few seconds, figures meaningless (sets quick=true)", field="quick")),
+    ),
     "eval": Verb(
         "evaluate a policy checkpoint over seeded sim episodes: success with interval, metrics.json, videos",
         "robolearn.eval.sim",
