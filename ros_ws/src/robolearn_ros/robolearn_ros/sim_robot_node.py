@@ -154,6 +154,7 @@ class SimRobotNode(Node):
         self.width = float(self.robot.read().gripper_width)
         self.width_stamp: int | None = None
         self.counts = {"timeouts": 0, "resends": 0, "stale_commands": 0, "bad_commands": 0}
+        self.outcomes: list[bool] = []  # success of each finished episode, for the summary
         self.finished = False  # spin_node stops spinning
         self.done_at: float | None = None  # when the last episode ended
         period = self.robot.control_dt if not p.lockstep else 0.01
@@ -217,6 +218,7 @@ class SimRobotNode(Node):
         msg = {"episode": self.episode, "step": self.robot.elapsed_steps, "stamp_ns": self.sim_ns(),
                "stage": self.robot.stage, "success": bool(self.robot.success), "done": True, **self.counts}
         self.publish_extras(msg)
+        self.outcomes.append(bool(self.robot.success))
         self.get_logger().info(f"episode {self.episode} (seed {self.seed_used} #{self.k}): "
                                f"{'success' if self.robot.success else 'failure'} after {self.robot.elapsed_steps} "
                                f"steps" + (f", {self.counts}" if any(self.counts.values()) else ""))
@@ -228,7 +230,12 @@ class SimRobotNode(Node):
 
     def finish(self) -> None:
         """The last episode is done: leave (after a moment, so subscribers receive the last messages)."""
-        self.get_logger().info(f"{self.p.episodes} episodes done; exiting")
+        from robolearn.stats import wilson_interval
+
+        n, k = len(self.outcomes), sum(self.outcomes)
+        lo, hi = wilson_interval(k, n)
+        self.get_logger().info(f"{self.p.episodes} episodes done: success {k}/{n} = {k / max(n, 1):.0%} "
+                               f"(95% CI {lo:.0%}-{hi:.0%}); exiting")
         self.done_at = time.monotonic()
 
     # ---- publishing ---------------------------------------------------------------------------------
