@@ -16,6 +16,7 @@ from robolearn_ros.convert import (
     stamp_ns,
     to_stamp,
     trajectory_msg,
+    trajectory_stamp,
     trajectory_target,
 )
 from sensor_msgs.msg import JointState
@@ -87,6 +88,9 @@ def test_trajectories():
     assert trajectory_target(msg, ["b", "a"]).tolist() == [0.1, 0.2]
     with pytest.raises(ValueError, match=r"lacks joints \['c'\]"):
         trajectory_target(msg, ["a", "c"])
+    assert trajectory_stamp(msg) is None  # no stamp given: not matched to a state
+    stamped = trajectory_msg(["a", "b"], np.array([0.1, 0.2]), 0.05, stamp=1_234_567_890_123)
+    assert trajectory_stamp(stamped) == 1_234_567_890_123 and stamped.header.stamp.sec == 0
 
 
 def test_parameter_typing():

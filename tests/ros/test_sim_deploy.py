@@ -105,7 +105,7 @@ def test_sim_deploy_launch_records_a_dataset_the_judge_reads(launched, lift_poli
     assert launched["rc"] == 0, text[-4000:]
     for name in ("sim_robot", "policy", "recorder"):
         assert f"[launch] started {name}" in text
-    assert "[sim_robot] " in text and "3 episodes done; exiting" in text
+    assert "[sim_robot] " in text and "3 episodes done: success " in text and "; exiting" in text
     results = [line for line in text.splitlines() if "[sim_robot]" in line and "after" in line and "steps" in line]
     assert len(results) == 3, text[-4000:]
     sim_success = ["success after" in line for line in results]

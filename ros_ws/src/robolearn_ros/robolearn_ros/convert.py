@@ -175,16 +175,27 @@ def float_array(msg) -> tuple[np.ndarray, int | None]:
 # ---- joint trajectories -----------------------------------------------------------------------------
 
 
-def trajectory_msg(joint_names: list[str], q: np.ndarray, time_from_start_s: float):
-    """trajectory_msgs/JointTrajectory with one point reached `time_from_start_s` after it arrives (the header
-    stamp stays zero: the joint trajectory controller starts it at once)."""
+def trajectory_msg(joint_names: list[str], q: np.ndarray, time_from_start_s: float, stamp: int | None = None):
+    """trajectory_msgs/JointTrajectory with one point reached `time_from_start_s` after it arrives. The header
+    stamp stays zero (the joint trajectory controller starts it at once); the stamp of the state it answers,
+    when given, goes into header.frame_id as `stamp_ns=<int>` (the controller ignores the frame of a joint
+    trajectory), so the sim and the recorder match it to its state whatever order topics arrive in."""
     from builtin_interfaces.msg import Duration
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     ns = max(int(round(time_from_start_s * 1e9)), 1)
     point = JointTrajectoryPoint(positions=[float(x) for x in q],
                                  time_from_start=Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000))
-    return JointTrajectory(joint_names=list(joint_names), points=[point])
+    msg = JointTrajectory(joint_names=list(joint_names), points=[point])
+    if stamp is not None:
+        msg.header.frame_id = f"stamp_ns={int(stamp)}"
+    return msg
+
+
+def trajectory_stamp(msg) -> int | None:
+    """The answered state's stamp a JointTrajectory carries in header.frame_id (None: not ours)."""
+    m = _STAMP_RE.fullmatch(msg.header.frame_id)
+    return int(m.group(1)) if m else None
 
 
 def trajectory_target(msg, joint_names: list[str]) -> np.ndarray:

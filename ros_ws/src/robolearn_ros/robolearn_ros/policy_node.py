@@ -353,7 +353,7 @@ class PolicyNode(Node):
         if self.p.command_interface == "position":
             self.command_pub.publish(float_array_msg(q, stamp, "positions"))
         else:
-            self.command_pub.publish(trajectory_msg(list(self.spec.joint_names), q, self.loop.control_dt))
+            self.command_pub.publish(trajectory_msg(list(self.spec.joint_names), q, self.loop.control_dt, stamp))
         if not self.p.step_on_state:
             self.gripper_pub.publish(float_array_msg([width], stamp, "width"))
 

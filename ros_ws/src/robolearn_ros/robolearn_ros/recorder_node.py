@@ -62,6 +62,7 @@ from robolearn_ros.convert import (
     float_array,
     image_to_array,
     stamp_ns,
+    trajectory_stamp,
     trajectory_target,
 )
 from robolearn_ros.sim_robot_node import gripper_topic
@@ -256,7 +257,9 @@ class RecorderNode(Node):
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         try:
-            self.streams["arm"].add(self.now_key, trajectory_target(msg, list(self.spec.joint_names)))
+            stamp = trajectory_stamp(msg)
+            self.streams["arm"].add(self.now_key if stamp is None else stamp,
+                                    trajectory_target(msg, list(self.spec.joint_names)))
         except ValueError:
             pass
 

@@ -56,6 +56,7 @@ from robolearn_ros.convert import (
     float_array,
     float_array_msg,
     joint_state_msg,
+    trajectory_stamp,
     trajectory_target,
 )
 
@@ -293,7 +294,7 @@ class SimRobotNode(Node):
             self.counts["bad_commands"] += 1
             self.get_logger().warning(f"{self.traj_topic}: ignored: {e}", throttle_duration_sec=5.0)
             return
-        self.on_arm(q, None)
+        self.on_arm(q, trajectory_stamp(msg))
 
     def on_arm(self, q: np.ndarray, stamp: int | None) -> None:
         self.latest_q = q
