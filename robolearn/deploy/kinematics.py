@@ -61,6 +61,12 @@ def dls_ee_delta(jac: np.ndarray, q: np.ndarray, action: np.ndarray, scale: np.n
     return np.minimum(np.maximum(q + dq * shrink, lo), hi)
 
 
+def state_names(dof: int) -> list[str]:
+    """Names of `ArmKinematics.proprio`'s entries; robolearn.sim.vec_env.STATE_NAMES for the 7-joint Panda."""
+    return ([f"q{i + 1}" for i in range(dof)] + [f"dq{i + 1}" for i in range(dof)]
+            + ["tcp_x", "tcp_y", "tcp_z", "tcp_qw", "tcp_qx", "tcp_qy", "tcp_qz", "finger_left", "finger_right"])
+
+
 class ArmKinematics:
     """A MuJoCo model of one arm: `fk`, `jacobian` and `ee_delta_to_joint` at given joint positions.
 
@@ -128,6 +134,12 @@ class ArmKinematics:
         """q (dof,) rad -> TCP position (3,) m and quaternion (4,) wxyz, in the policy's world frame."""
         self._compute(q, fingers)
         return self.data.site_xpos[self._site].copy(), self.data.xquat[self._body].copy()
+
+    def proprio(self, q, dq, fingers) -> np.ndarray:
+        """observation.state (2 dof + 9,) as robolearn.sim assembles it: q, dq, TCP position, TCP quaternion
+        (wxyz), the two finger positions (names: `state_names`)."""
+        pos, quat = self.fk(q)
+        return np.concatenate([q, dq, pos, quat, fingers])
 
     def tcp_pos(self, q) -> np.ndarray:
         """q (dof,) -> TCP position (3,) m (a view, valid until the next call)."""

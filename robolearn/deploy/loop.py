@@ -204,8 +204,7 @@ class ControlLoop:
         for key in self.policy.config.obs_keys:
             ft = self.policy.features[key]
             if key == STATE:
-                pos, quat = self.kinematics.fk(state.q)
-                obs[key] = np.concatenate([state.q, state.dq, pos, quat, state.fingers]).astype(np.float32)[None]
+                obs[key] = self.kinematics.proprio(state.q, state.dq, state.fingers).astype(np.float32)[None]
             elif key == ENV_STATE:
                 if state.environment_state is None:
                     raise ObservationError(

@@ -180,3 +180,12 @@ def test_an_arm_without_kinematics_that_is_not_the_panda(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"no 'kinematics' section, and the arm is not the simulated Panda"):
         ArmKinematics(load_robot(path))
+
+
+def test_state_names_are_the_sims():
+    """The recorder names observation.state with state_names; at 7 joints it is the sim's own layout."""
+    from robolearn.deploy.kinematics import state_names
+    from robolearn.sim.vec_env import STATE_NAMES
+
+    assert state_names(7) == list(STATE_NAMES)
+    assert len(state_names(6)) == 2 * 6 + 9

@@ -46,6 +46,7 @@ from robolearn.data.format import INFO_PATH, DatasetError, Feature
 from robolearn.data.stages import StageAnnotation
 from robolearn.data.writer import DatasetWriter, EpisodeRecord
 from robolearn.deploy import ArmKinematics, action_from_width
+from robolearn.deploy.kinematics import state_names as state_names_of
 from robolearn.hardware import load_robot
 from robolearn_ros.common import (
     Param,
@@ -371,8 +372,7 @@ class RecorderNode(Node):
         prev_cmd = None
         for i, (key, (q, dq, fingers)) in enumerate(zip(keys, joints)):
             nxt = keys[i + 1] if i + 1 < len(keys) else end
-            pos, quat = self.kin.fk(q)
-            state.append(np.concatenate([q, dq, pos, quat, fingers]))
+            state.append(self.kin.proprio(q, dq, fingers))
             q_cmd = s["arm"].answering(key, nxt)
             width = s["gripper"].answering(key, nxt)
             if q_cmd is None:  # nothing commanded yet: the arm holds where it is
@@ -406,9 +406,7 @@ class RecorderNode(Node):
     def _features(self, frames: dict[str, np.ndarray], env_names: list[str] | None) -> dict[str, Feature]:
         spec = self.spec
         joints = list(spec.joint_names)
-        state_names = ([f"q{i + 1}" for i in range(spec.dof)] + [f"dq{i + 1}" for i in range(spec.dof)]
-                       + ["tcp_x", "tcp_y", "tcp_z", "tcp_qw", "tcp_qx", "tcp_qy", "tcp_qz", "finger_left",
-                          "finger_right"])
+        state_names = state_names_of(spec.dof)
         feats = {"observation.state": Feature("float32", (len(state_names),), state_names)}
         if "observation.environment_state" in frames:
             n = frames["observation.environment_state"].shape[1]
