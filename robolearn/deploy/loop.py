@@ -63,6 +63,9 @@ class ControlConfig:
     """ACT temporal ensembling coefficient; < 0: the policy's own setting, 0: off"""
     seed: int = 0
     """torch seed (policies that sample, e.g. diffusion)"""
+    trace: bool = True
+    """run the policy's chunk predictor as a frozen TorchScript trace (InferenceEngine trace=true):
+    the same actions as eager, ~2x quicker predicting ticks at batch 1 on a CPU; ~3 s at start-up"""
 
     def validate(self) -> None:
         if not self.policy:
@@ -125,7 +128,7 @@ class ControlLoop:
         self.filter = SafetyFilter(self.robot_spec, cfg.safety or SafetyConfig(), self.control_dt, self.kinematics)
         torch.manual_seed(cfg.seed)
         self.policy = policy
-        self.engine = InferenceEngine(policy, 1, device=cfg.device,
+        self.engine = InferenceEngine(policy, 1, device=cfg.device, trace=cfg.trace,
                                       temporal_ensemble=None if cfg.temporal_ensemble < 0 else cfg.temporal_ensemble)
         keys = policy.config.obs_keys
         self.required_cameras = [k.removeprefix(IMAGES) for k in keys if k.startswith(IMAGES)]

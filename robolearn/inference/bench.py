@@ -5,17 +5,21 @@ features shaped like the `lift` task (`observation.state` (23,), `observation.en
 (10,), `action` (7,), synthetic statistics): MLP BC (default `MLPConfig`) and Diffusion Policy
 (default `DiffusionConfig`, 10 DDIM steps, state observations).
 
-  latency     `InferenceEngine(policy, num_envs=1).act(obs)` with numpy observations, one call per
-              control tick, each timed alone (`time.perf_counter`): validation, history, queues, the
-              forward pass on the ticks that predict a new chunk (every `n_action_steps`-th tick of an
-              episode) and the conversion back to numpy. p50/p99 pool the ticks of every repeat; the
-              p99 of the predicting ticks alone is reported too (they are what a p99 over all ticks
-              measures once they are more than 1% of the ticks).
-  throughput  one chunk prediction through the engine's predictor (what `act` and `predict_chunk`
-              call) for a batch of B histories already on the device, the result copied back to
-              numpy, for B in `batch_sizes`; per-sample cost = time / B, and
-              `batch256_per_sample_ratio` = diffusion's per-sample cost at 256 / at 1 (how much of the
-              batch-1 cost is fixed overhead that batching shares out).
+  latency     `InferenceEngine(policy, num_envs=1, trace=True).act(obs)` with numpy observations, one
+              call per control tick, each timed alone (`time.perf_counter`): validation, history,
+              queues, the forward pass on the ticks that predict a new chunk (every `n_action_steps`-th
+              tick of an episode) and the conversion back to numpy. `trace=True` is how the control
+              loop runs a policy (`robolearn.deploy.ControlLoop`, the ROS 2 policy node): the chunk
+              predictor as one frozen TorchScript graph, bit-identical to eager. The same engine eager
+              is timed too (`cpu_eager/*` latencies, `cpu_eager_*` keys). p50/p99 pool the ticks of every repeat;
+              the p99 of the predicting ticks alone is reported too (they are what a p99 over all
+              ticks measures once they are more than 1% of the ticks).
+  throughput  one chunk prediction through the eager engine's predictor (what `act` and
+              `predict_chunk` call; evaluation and RL step many envs eagerly) for a batch of B
+              histories already on the device, the result copied back to numpy, for B in
+              `batch_sizes`; per-sample cost = time / B, and `batch256_per_sample_ratio` = diffusion's
+              per-sample cost at 256 / at 1 (how much of the batch-1 cost is fixed overhead that
+              batching shares out).
 
 Everything runs on `num_threads` torch threads (`torch.set_num_threads`, restored afterwards; 1 by
 default: a control process pinned to one core, and no OpenMP hand-off in the latency path). Each
@@ -290,12 +294,13 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
                 policies[name] = build_policy(name, options, cfg.seed)
             except ModuleNotFoundError as e:  # e.g. a checkout without robolearn/policies/diffusion yet
                 notes.append(f"{name}: skipped, its module is not installed ({e})")
-        # variants: (label, device, cuda_graphs, torch.compile); the eager CPU one is what the targets are about
-        variants = [("cpu", "cpu", False, False)]
+        # variants: (label, device, cuda_graphs, torch.compile, trace); the traced CPU one (how the control
+        # loop runs) is what the latency targets are about, the eager CPU sweep what the ratio is about
+        variants = [("cpu", "cpu", False, False, True), ("cpu_eager", "cpu", False, False, False)]
         if cfg.compile:
-            variants.append(("cpu_compiled", "cpu", False, True))
+            variants.append(("cpu_compiled", "cpu", False, True, False))
         if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-            variants += [("cuda", "cuda", False, False), ("cuda_graphs", "cuda", True, False)]
+            variants += [("cuda", "cuda", False, False, False), ("cuda_graphs", "cuda", True, False, False)]
         else:
             notes.append("cuda: skipped (" + ("device=cpu" if cfg.device == "cpu" else "no CUDA device visible")
                          + "); every cuda_* figure is null")
@@ -310,22 +315,24 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
             predicting[name] = predicting_ticks(policy, ticks, cfg.episode_ticks)
             stream = observation_stream(policy, 1, 256, cfg.seed)
             on = {"cpu": policy}  # InferenceEngine moves its policy: one copy per device
-            for label, device, graphs, compiled in variants:
+            for label, device, graphs, compiled, traced in variants:
                 key = (label, name)
                 try:
                     if device not in on:
                         on[device] = copy.deepcopy(policy)
-                    engine = InferenceEngine(on[device], 1, device=device, compile=compiled, cuda_graphs=graphs)
+                    engine = InferenceEngine(on[device], 1, device=device, compile=compiled, cuda_graphs=graphs,
+                                             trace=traced)
                     engine.act(stream[0])  # builds the runner's buffers (compiles, captures the CUDA graph)
                     # CUDA graphs replay one batch shape: an engine of b envs per batch size; a compiled
-                    # engine would compile once per shape (minutes each), so it has no sweep
-                    calls = {} if compiled else {
+                    # engine would compile once per shape (minutes each), so it has no sweep; the CPU
+                    # sweep is the eager engine's (what evaluation and RL run)
+                    calls = {} if compiled or traced else {
                         b: chunk_call(InferenceEngine(on[device], b, device=device, cuda_graphs=True)
                                       if graphs else engine, b, cfg.seed) for b in cfg.batch_sizes}
                     for fn in calls.values():
                         fn()  # warm-up (and the graph capture of each batch shape)
-                except Exception as e:  # a variant beyond eager CPU that cannot run is reported, not fatal
-                    if label == "cpu":
+                except Exception as e:  # a variant beyond the CPU ones that cannot run is reported, not fatal
+                    if device == "cpu" and not compiled:
                         raise
                     errors[f"{label}_{name}"] = f"{type(e).__name__}: {e}"
                     notes.append(f"{label} {name}: not timed, {type(e).__name__}: {e}")
@@ -360,16 +367,17 @@ def run(cfg: InferenceBenchConfig) -> dict[str, Any]:
     sweep = {f"{label}/{name}": sweep_summary(sweep_runs[(label, name)], sweep_calls[(label, name)])
              for label, name in sweep_runs}
     figures: dict[str, Any] = {}
-    for label in ("cpu", "cpu_compiled", "cuda", "cuda_graphs"):
+    for label in ("cpu", "cpu_eager", "cpu_compiled", "cuda", "cuda_graphs"):
         prefix = "" if label == "cpu" else f"{label}_"
+        swept = "cpu_eager" if label == "cpu" else label  # the traced engine has no sweep: the eager one's
         for name in POLICIES:
             lat = latency.get(f"{label}/{name}", {})
             for stat in ("p50_ms", "p99_ms", "predict_p99_ms", "max_ms"):
                 figures[f"{prefix}{name}_{stat}"] = lat.get(stat)
-            if label != "cpu_compiled":  # no sweep
-                figures[f"{prefix}{name}_batch256_per_sample_ratio"] = sweep.get(f"{label}/{name}", {}).get(
+            if label not in ("cpu_compiled", "cpu_eager"):  # no sweep of their own
+                figures[f"{prefix}{name}_batch256_per_sample_ratio"] = sweep.get(f"{swept}/{name}", {}).get(
                     "batch256_per_sample_ratio")
-        if label != "cpu_compiled":
+        if label not in ("cpu_compiled", "cpu_eager"):
             figures[f"{prefix}batch256_per_sample_ratio"] = figures[f"{prefix}diffusion_batch256_per_sample_ratio"]
     if "diffusion" in policies and not {1, 256} <= set(cfg.batch_sizes):
         notes.append("batch256_per_sample_ratio: null, batch_sizes must include 1 and 256")
@@ -409,7 +417,8 @@ def format_table(report: dict[str, Any]) -> str:
 
     cfg = report["config"]
     threads = report["torch_threads"]["intra_op"]
-    lines = [f"latency of one control tick: InferenceEngine.act, 1 env, numpy obs, {threads} torch thread(s) (ms)",
+    lines = [f"latency of one control tick: InferenceEngine.act, 1 env, numpy obs, {threads} torch thread(s) (ms); "
+             "cpu: trace=true (as the control loop runs), cpu_eager: the same engine eager",
              f"{'policy':<24} {'ticks':>6} {'p50':>7} {'p99':>7} {'max':>7} | {'predicting':>10} {'p50':>7} "
              f"{'p99':>7} | {'others p99':>10}"]
     for key, s in report["latency"].items():
@@ -428,7 +437,7 @@ def format_table(report: dict[str, Any]) -> str:
         result = "skipped" if v is None else ("PASS" if v <= target else "FAIL")
         lines.append(f"{k:<42} {f(v, 4):>9} {'<= ' + format(target, 'g'):>8}  {result}")
     context = ["mlp_p50_ms", "mlp_predict_p99_ms", "diffusion_p50_ms", "diffusion_predict_p99_ms",
-               "mlp_batch256_per_sample_ratio"]
+               "cpu_eager_mlp_p99_ms", "cpu_eager_diffusion_p99_ms", "mlp_batch256_per_sample_ratio"]
     context += [k for k in report if k.startswith("cuda") and report[k] is not None]
     for k in context:
         if report.get(k) is not None:

@@ -308,3 +308,60 @@ def test_runner_predictor_skips_only_the_redundant_check():
     own = Overriding(PolicyConfig(horizon=5, n_action_steps=3))
     assert history_predictor(own) == own.predict_action_chunk  # a policy's own chunk prediction is kept
     np.testing.assert_array_equal(InferenceEngine(own, 1, device="cpu").act(obs_at(4, 1)), [[5, 1]])
+
+
+# ---- trace=True: the chunk predictor as a frozen TorchScript graph -----------------------------------
+
+
+def _episode_actions(engine, features, ticks: int, n: int, resets: dict[int, list[int]], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(ticks):
+        if t in resets:
+            engine.reset(resets[t])
+        o = {k: rng.normal(size=(n, *f.shape)).astype(np.float32) for k, f in features.items()
+             if k != "action" and not f.is_video}
+        o.update({k: rng.integers(0, 256, size=(n, *f.shape), dtype=np.uint8) for k, f in features.items()
+                  if f.is_video})
+        out.append(engine.act(o))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "diffusion", "diffusion_camera"])
+def test_traced_engine_acts_exactly_like_the_eager_one(kind):
+    features = {**FEATURES, **(CAMERA if kind.endswith("camera") else {})}
+    stats = STATS  # cameras are read in [0, 1], without statistics
+    options = {"hidden": [16], "n_action_steps": 2} if kind == "mlp" else {
+        "num_inference_steps": 3, "down_dims": [16, 32], "diffusion_step_embed_dim": 8, "horizon": 8,
+        "n_action_steps": 3, "image_feature_dim": 8}
+    torch.manual_seed(0)
+    policy = make_policy(kind.split("_")[0], features, stats, options)
+    runs = []
+    for trace in (False, True):
+        torch.manual_seed(7)  # diffusion draws its noise from torch's stream: tracing must not move it
+        engine = InferenceEngine(policy, 1, device="cpu", trace=trace)
+        assert engine.trace is trace
+        runs.append(_episode_actions(engine, features, 11, 1, {6: [0]}, seed=1))
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
+def test_traced_engine_serves_many_envs_at_a_fixed_shape():
+    torch.manual_seed(0)
+    policy = make_policy("mlp", FEATURES, STATS, {"hidden": [16], "n_action_steps": 3})
+    eager_engine = InferenceEngine(policy, 3, device="cpu")
+    eager_engine.runner.fixed_shape = True  # as the traced one: a gemm of 3 rows rounds unlike one of 1 row
+    eager = _episode_actions(eager_engine, FEATURES, 9, 3, {2: [1], 4: [0, 2]}, seed=2)
+    traced_engine = InferenceEngine(policy, 3, device="cpu", trace=True)
+    assert traced_engine.runner.fixed_shape  # envs needing a chunk at different ticks: the whole batch predicts
+    traced = _episode_actions(traced_engine, FEATURES, 9, 3, {2: [1], 4: [0, 2]}, seed=2)
+    np.testing.assert_array_equal(traced, eager)
+
+
+def test_trace_refuses_what_it_cannot_serve():
+    with pytest.raises(ConfigError, match="pick one"):
+        InferenceEngine(stub(), 1, device="cpu", trace=True, compile=True)
+    torch.manual_seed(0)
+    policy = make_policy("mlp", FEATURES, STATS, {"hidden": [8]})
+    engine = InferenceEngine(policy, 1, device="cpu", trace=True)
+    with pytest.raises(ObservationError, match="batch size 2"):  # checked before the graph sees anything
+        engine.act(obs_at(0, 2))

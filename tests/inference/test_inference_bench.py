@@ -45,7 +45,11 @@ def test_bench_reports_every_figure(tmp_path):
     lat = report["latency"]["cpu/mlp"]
     assert lat["ticks"] == 2 * 24 and lat["predict_ticks"] == 2 * 7  # episodes of 10: 0, 4, 8, 10, 14, 18, 20
     assert len(lat["runs"]) == 2
-    sweep = report["sweep"]["cpu/diffusion"]
+    # the headline latencies are the traced engine's (as the control loop runs it), eager alongside
+    assert report["latency"]["cpu_eager/mlp"]["ticks"] == 2 * 24
+    assert isinstance(report["cpu_eager_diffusion_p99_ms"], float)
+    assert set(report["sweep"]) == {"cpu_eager/mlp", "cpu_eager/diffusion"}  # no sweep of the traced engine
+    sweep = report["sweep"]["cpu_eager/diffusion"]
     assert set(sweep["per_call_ms"]) == {"1", "2", "256"} and len(sweep["runs_ms"]["256"]) == 2
     assert report["policies"]["diffusion"]["config"]["num_inference_steps"] == 1
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))

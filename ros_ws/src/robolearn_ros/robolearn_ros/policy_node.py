@@ -105,6 +105,8 @@ PARAMETERS = {
     "watchdog_action": Param("hold", "hold: hold while states are stale; stop: also latch the e-stop"),
     "workspace_lo": Param([], "lower corner of the TCP box, m (x, y, z); empty: the robot's default", float),
     "workspace_hi": Param([], "upper corner of the TCP box, m; empty: the robot's default", float),
+    "trace": Param(True, "run the policy's chunk predictor as a frozen TorchScript trace: the same actions as "
+                         "eager, about 2x quicker predicting ticks on a CPU, a few seconds at start-up"),
     "torch_threads": Param(1, "torch intra-op threads of the policy on the CPU; 0: torch's default (one per core)"),
     "executor": Param("events", "rclpy executor: events (rclpy.experimental.EventsExecutor) or single "
                                 "(SingleThreadedExecutor)"),
@@ -140,7 +142,7 @@ class PolicyNode(Node):
                               velocity_scale=p.velocity_scale, max_obs_age_s=p.max_obs_age_s,
                               watchdog_action=p.watchdog_action)
         self.loop = ControlLoop(ControlConfig(policy=p.checkpoint, robot=p.hardware, rate_hz=p.rate_hz,
-                                              device=p.device, safety=safety, task=p.task))
+                                              device=p.device, safety=safety, task=p.task, trace=p.trace))
         spec = self.spec = self.loop.robot_spec
         self.cache = JointStateCache(spec.joint_names, spec.gripper_joint_names)
         self.images: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (stamp ns, image)
