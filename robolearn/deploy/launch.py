@@ -406,7 +406,7 @@ def _node(el: ET.Element, scope: _Scope) -> NodeAction:
 # ---- running it -------------------------------------------------------------------------------------
 
 
-def _death_signal_setter():
+def death_signal_setter():
     """A function for the child to run before exec (Linux): get SIGTERM when the launcher dies, even by SIGKILL,
     so that no node outlives it. Resolved here, in the parent: the child of a threaded process should only call
     what is loaded already. None elsewhere."""
@@ -467,7 +467,7 @@ def launch(file_or_name: str | Path, args: dict[str, str] | None = None, *, out=
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     running: list[_Running] = []
     code = 0
-    preexec = _death_signal_setter()
+    preexec = death_signal_setter()
     try:
         for node in desc.nodes:
             cmd = node.command()

@@ -208,7 +208,7 @@ class _Node:
     """One node process, started as the launcher starts it, its output in a log file."""
 
     def __init__(self, exe: str, name: str, params: dict[str, Any], env: dict[str, str], log_dir: Path):
-        from robolearn.deploy.launch import NodeAction, _death_signal_setter, node_env
+        from robolearn.deploy.launch import NodeAction, death_signal_setter, node_env
 
         self.name = name
         action = NodeAction("robolearn_ros", exe, name, params=list(params.items()))
@@ -217,7 +217,7 @@ class _Node:
         # the node dies with this process, even when it is killed (no node outlives the benchmark)
         self.proc = subprocess.Popen(action.command(), env=node_env(action, env), stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_death_signal_setter())
+                                     preexec_fn=death_signal_setter())
 
     @property
     def pid(self) -> int:
