@@ -9,3 +9,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 if os.environ["MUJOCO_GL"].lower() == "osmesa":
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+# session fixtures of a small annotated dataset and a trained reward model (tests/reward_fixtures.py), used
+# by tests/rewards and tests/eval: one plugin, so they are built once per session
+pytest_plugins = ["reward_fixtures"]

@@ -8,7 +8,6 @@ are the dataset's own labels."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from reward_fixtures import one_torch_thread
 
 from robolearn.data.format import DatasetError
 from robolearn.data.stages import StageAnnotation
@@ -36,18 +36,12 @@ from robolearn.eval.judge import (
 )
 
 
-def _load_reward_fixtures():
-    """tests/rewards/conftest.py as a module of its own: its session fixtures (dataset, trained model) and
-    its one-torch-thread autouse fixture, shared here without a conftest of ours."""
-    path = Path(__file__).resolve().parents[1] / "rewards" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_reward_test_fixtures", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The reward model's tests' setting (tests/rewards/conftest.py): tiny models, one torch thread."""
+    with one_torch_thread():
+        yield
 
-
-_fx = _load_reward_fixtures()
-pp_dataset, reward_run, _one_torch_thread = _fx.pp_dataset, _fx.reward_run, _fx._one_torch_thread
 
 VOLATILE = ("wall_s", "out", "files", "config")
 
