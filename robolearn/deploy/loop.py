@@ -66,12 +66,18 @@ class ControlConfig:
     trace: bool = True
     """run the policy's chunk predictor as a frozen TorchScript trace (InferenceEngine trace=true):
     the same actions as eager, ~2x quicker predicting ticks at batch 1 on a CPU; ~3 s at start-up"""
+    prefetch: int = 0
+    """> 0: predict each next chunk on a worker thread, asked for this many ticks before the current one
+    runs out (InferenceEngine prefetch): for a policy whose chunk takes longer than a control period
+    (diffusion on a CPU); each chunk is then planned from an observation that many ticks older. 0: off"""
 
     def validate(self) -> None:
         if not self.policy:
             raise ConfigError("control: name the policy checkpoint, e.g. policy=runs/bc/lift_mlp/checkpoints/last")
         if not self.rate_hz >= 0:
             raise ConfigError(f"control: rate_hz={self.rate_hz} must be >= 0 (0: the policy's training rate)")
+        if self.prefetch < 0:
+            raise ConfigError(f"control: prefetch={self.prefetch} must be >= 0 (0: off)")
         if self.action_mode not in ("auto", "ee_delta", "joint_pos"):
             raise ConfigError(f"control: action_mode={self.action_mode!r} must be auto, ee_delta or joint_pos")
         if not (self.max_dpos >= 0 and self.max_drot >= 0):
@@ -128,7 +134,7 @@ class ControlLoop:
         self.filter = SafetyFilter(self.robot_spec, cfg.safety or SafetyConfig(), self.control_dt, self.kinematics)
         torch.manual_seed(cfg.seed)
         self.policy = policy
-        self.engine = InferenceEngine(policy, 1, device=cfg.device, trace=cfg.trace,
+        self.engine = InferenceEngine(policy, 1, device=cfg.device, trace=cfg.trace, prefetch=cfg.prefetch,
                                       temporal_ensemble=None if cfg.temporal_ensemble < 0 else cfg.temporal_ensemble)
         keys = policy.config.obs_keys
         self.required_cameras = [k.removeprefix(IMAGES) for k in keys if k.startswith(IMAGES)]

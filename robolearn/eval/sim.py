@@ -60,6 +60,9 @@ class EvalConfig:
     """policy device: auto (cuda when present), cpu, cuda, cuda:N"""
     temporal_ensemble: float = -1.0
     """ACT temporal ensembling coefficient; < 0: the policy's own setting, 0: off"""
+    prefetch: int = 0
+    """> 0: plan each chunk this many ticks ahead on a worker thread, as a control loop with
+    `prefetch` does (what it costs in success); needs num_envs=1. 0: off"""
     video: bool = False
     """write mp4s of the first `video_episodes` episodes"""
     video_episodes: int = 4
@@ -89,6 +92,11 @@ class EvalConfig:
                 raise ConfigError(f"eval: {name}={getattr(self, name)} must be >= 0")
         if self.num_threads < 1:
             raise ConfigError(f"eval: num_threads={self.num_threads} must be at least 1")
+        if self.prefetch < 0:
+            raise ConfigError(f"eval: prefetch={self.prefetch} must be >= 0 (0: off)")
+        if self.prefetch and self.num_envs != 1:
+            raise ConfigError(f"eval: prefetch={self.prefetch} runs the policy as one control loop does: add "
+                              f"num_envs=1 (got num_envs={self.num_envs})")
         if len(self.video_size) != 2 or min(self.video_size) < 8:
             raise ConfigError(f"eval: video_size={self.video_size} must be (height, width), at least 8 pixels each")
         bad = [k for k in self.video_ids if not 0 <= k < self.episodes]
@@ -417,12 +425,13 @@ def run(cfg: EvalConfig, recorder: RolloutRecorder | None = None) -> dict:
             what = "video=true" if cfg.video else "recording episodes"
             raise ConfigError(f"eval: {what} needs a native task; {task!r} is a robosuite env")
         _check_fit(policy, env)
-        engine = InferenceEngine(policy, env.num_envs, device=cfg.device,
+        engine = InferenceEngine(policy, env.num_envs, device=cfg.device, prefetch=cfg.prefetch,
                                  temporal_ensemble=None if cfg.temporal_ensemble < 0 else cfg.temporal_ensemble)
         torch.manual_seed(cfg.seed)  # policies that sample (diffusion) draw the same noise every run
         t0 = time.perf_counter()
         rows, videos = _rollout(env, engine, cfg, task, out, recorder)
         wall = time.perf_counter() - t0
+        engine.close()
         env_cfg, stages = config_to_dict(env.cfg), _stage_names(env)
         max_steps, hz = int(env.max_episode_steps), float(env.cfg.control_hz)
     finally:

@@ -57,7 +57,8 @@ class InferenceEngine:
     """Runs a `Policy` for `num_envs` environments at once."""
 
     def __init__(self, policy, num_envs: int = 1, device: str = "auto", compile: bool = False,
-                 cuda_graphs: bool = False, temporal_ensemble: float | None = None, trace: bool = False):
+                 cuda_graphs: bool = False, temporal_ensemble: float | None = None, trace: bool = False,
+                 prefetch: int = 0):
         if num_envs < 1:
             raise ConfigError(f"num_envs={num_envs} must be at least 1")
         self.device = pick_device(device)
@@ -65,9 +66,9 @@ class InferenceEngine:
         from robolearn.rewards.base import RewardModel
 
         if isinstance(policy, RewardModel):
-            if compile or cuda_graphs or trace or temporal_ensemble is not None:
-                raise ConfigError("compile, cuda_graphs, trace and temporal_ensemble apply to policies; a reward model "
-                                  "runs eagerly (it encodes one new frame per env and tick)")
+            if compile or cuda_graphs or trace or prefetch or temporal_ensemble is not None:
+                raise ConfigError("compile, cuda_graphs, trace, prefetch and temporal_ensemble apply to policies; a "
+                                  "reward model runs eagerly (it encodes one new frame per env and tick)")
             from robolearn.inference.reward import RewardRunner
 
             self.policy, self.reward_model = None, policy.to(self.device).eval()
@@ -75,9 +76,9 @@ class InferenceEngine:
             return
         self.reward_model = None
         if type(policy).make_runner is not Policy.make_runner:  # per-tick state of its own (a residual policy)
-            if compile or cuda_graphs or trace or temporal_ensemble is not None:
-                raise ConfigError(f"compile, cuda_graphs, trace and temporal_ensemble do not apply to a {policy.name} "
-                                  "policy (its base keeps its own queues)")
+            if compile or cuda_graphs or trace or prefetch or temporal_ensemble is not None:
+                raise ConfigError(f"compile, cuda_graphs, trace, prefetch and temporal_ensemble do not apply to a "
+                                  f"{policy.name} policy (its base keeps its own queues)")
             self.policy = policy.to(self.device).eval()
             self.compile = self.cuda_graphs = self.trace = False
             self.runner = policy.make_runner(num_envs, self.device)
@@ -107,7 +108,11 @@ class InferenceEngine:
             self._traced = trace_predictor(self.policy, self._forward, num_envs, self.device)
             predict = self._traced_predict
         fixed = compile or cuda_graphs or trace or bool(self.policy.config.temporal_ensemble)
-        self.runner = ChunkRunner(self.policy, num_envs, predict, fixed_shape=fixed, device=self.device)
+        try:
+            self.runner = ChunkRunner(self.policy, num_envs, predict, fixed_shape=fixed, device=self.device,
+                                      prefetch=prefetch)
+        except ValueError as e:  # prefetch out of range for this policy or batch
+            raise ConfigError(str(e)) from None
 
     # ---- predictors --------------------------------------------------------------------------
     def _eager(self, obs: dict[str, Tensor]) -> Tensor:
@@ -156,6 +161,11 @@ class InferenceEngine:
         if isinstance(action, np.ndarray):
             return action
         return action.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Stop the prefetch worker, if any (also stopped when the engine is garbage-collected)."""
+        if self.policy is not None:
+            getattr(self.runner, "close", lambda: None)()
 
     def reset(self, env_ids=None) -> None:
         """Start new episodes for `env_ids` (all when None): their history and queues are cleared."""

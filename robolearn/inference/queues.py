@@ -9,6 +9,17 @@ chunk for every env and the action executed at t averages every chunk that cover
 predicted j ticks ago weighted exp(k * j) (older chunks weigh more, as in ACT's exp(-k * i) with
 i = 0 the oldest), normalized.
 
+Prefetching (`prefetch=d`, one env): the next chunk is requested d ticks before the queue runs dry,
+from that tick's history, and predicted on a worker thread while the current chunk's last d actions
+are executed; the tick that needs it takes the chunk's actions from d steps in (the chunk predicted
+from the observation at s holds the action for s + j at j, past its leading past steps), waiting
+only if the prediction is not done yet. A control loop whose chunk prediction takes longer than a
+control period then never stalls a tick for it (as LeRobot's asynchronous inference, in-process):
+the price is that each chunk is planned from an observation d ticks older than without prefetching.
+The first chunk of an episode is predicted on the tick, as without. With the traced predictor
+(`InferenceEngine(trace=True)`) the worker runs in TorchScript's interpreter, outside the GIL, so
+the ticks on the main thread are not slowed by it.
+
 How the per-tick path stays cheap (it runs at the control rate, often for one env, where Python
 overhead is most of the cost; `robolearn bench inference` times it):
 
@@ -26,7 +37,9 @@ overhead is most of the cost; `robolearn bench inference` times it):
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from math import isfinite
 
 import numpy as np
@@ -46,16 +59,24 @@ class ChunkRunner:
     defaults to the policy's `predict_action_chunk` (`history_predictor`) under `torch.inference_mode`. It
     gets tensors of its own (copies in time order, never the runner's buffers).
     fixed_shape: always predict for the whole batch (shapes never change: CUDA graphs, torch.compile),
-    keeping only the chunks of envs that needed one."""
+    keeping only the chunks of envs that needed one.
+    prefetch: d > 0 requests each next chunk d ticks before the queue runs dry, predicted on a worker
+    thread (see the module doc); one env, no temporal ensembling, 1 <= d <= min(n_action_steps,
+    horizon - past steps - n_action_steps)."""
 
     def __init__(self, policy, num_envs: int, predict: Callable[[dict[str, Tensor]], Tensor] | None = None,
-                 fixed_shape: bool = False, device: torch.device | str | None = None):
+                 fixed_shape: bool = False, device: torch.device | str | None = None, prefetch: int = 0):
         self.policy, self.num_envs = policy, num_envs
         cfg = policy.config
         self.n_obs, self.first, self.n_act = cfg.n_obs_steps, -cfg.action_offset, cfg.n_action_steps
         self.usable = cfg.horizon - self.first  # chunk actions at t, t+1, ...
         self.k = cfg.temporal_ensemble
         self.fixed_shape = fixed_shape
+        self.prefetch = int(prefetch)
+        if self.prefetch:
+            check_prefetch(self.prefetch, num_envs, self.n_act, self.usable, self.k)
+        self._future: Future | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         self.keys = list(cfg.obs_keys)
         self.image_keys = set(policy.image_keys)
@@ -109,6 +130,7 @@ class ChunkRunner:
         """Start new episodes for `env_ids` (all when None): their next observation fills their history
         and their queues (and ensembling sums) are emptied."""
         ids = slice(None) if env_ids is None else np.asarray(env_ids, dtype=np.int64)
+        self._drop_prefetched()
         self.fresh[ids] = True
         self.pos[ids] = self.n_act
         self._any_fresh, self._due = True, 0
@@ -241,6 +263,8 @@ class ChunkRunner:
 
     # ---- actions -----------------------------------------------------------------------------
     def _dequeue(self):
+        if self.prefetch:
+            return self._dequeue_prefetching()
         if self._due == 0:  # some env's queue is empty
             need = self.pos == self.n_act
             every = need.all()
@@ -263,6 +287,43 @@ class ChunkRunner:
         self._due -= 1
         return action
 
+    def _dequeue_prefetching(self):
+        """`_dequeue` for one env with prefetching (see the module doc)."""
+        pos = int(self.pos[0])
+        if pos == self.n_act:  # the queue is dry: the prefetched chunk, or on an episode's first tick one now
+            if self._future is not None:
+                chunk, self._future = self._chunk(self._future.result()), None
+                start = self.first + self.prefetch
+            else:
+                chunk, start = self._chunk(self._predict(self._ordered(None))), self.first
+            self.queue[:] = chunk[:, start:start + self.n_act]
+            pos = 0
+        action = self.queue[:, pos]
+        if pos == self.n_act - self.prefetch:  # d actions left, this one included: ask for the next chunk
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="chunk-prefetch")
+                weakref.finalize(self, self._pool.shutdown, wait=False)
+            self._future = self._pool.submit(self._predict, self._ordered(None))
+        self.pos[0] = pos + 1
+        return action.copy() if self.host else action.clone()  # the queue is refilled in place
+
+    def _drop_prefetched(self) -> None:
+        """Forget an in-flight chunk (its episode ended), after waiting for it: its noise draws must not
+        interleave with the next episode's (a seeded run stays reproducible)."""
+        if self._future is not None:
+            future, self._future = self._future, None
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the chunk is discarded; a broken predictor fails the next tick
+                pass
+
+    def close(self) -> None:
+        """Stop the prefetch worker (after its current prediction); the runner can still be used."""
+        self._drop_prefetched()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _ensembled(self):
         chunk = self._chunk(self._predict(self._ordered(None)))[:, self.first:]  # (n, usable, D): t, t+1, ...
         h, u, w = self.head, self.usable, self.weights
@@ -277,6 +338,20 @@ class ChunkRunner:
         self.wsum[:, h] = 0
         self.head = (h + 1) % u
         return action
+
+
+def check_prefetch(prefetch: int, num_envs: int, n_act: int, usable: int, ensemble: float) -> None:
+    """Raise ValueError naming the limit when `prefetch` ticks of look-ahead cannot be served."""
+    if num_envs != 1 or ensemble:
+        raise ValueError(f"prefetch={prefetch} serves one env without temporal ensembling (a control loop); "
+                         f"got num_envs={num_envs}, temporal_ensemble={ensemble}")
+    top = min(n_act, usable - n_act)
+    if not 1 <= prefetch <= top:
+        raise ValueError(f"prefetch={prefetch} must be in 1..{top}: at most n_action_steps={n_act} ticks ahead, "
+                         f"and the chunk must still hold n_action_steps actions after skipping the prefetch ticks "
+                         f"({usable} usable actions per chunk)" if top >= 1 else
+                         f"prefetch needs a chunk longer than 2 x n_action_steps={n_act} (it has {usable} usable "
+                         f"actions): lower n_action_steps or raise horizon")
 
 
 def history_predictor(policy: Policy) -> Callable[[dict[str, Tensor]], Tensor]:

@@ -124,6 +124,21 @@ def test_run_keeps_the_rate_and_reports_timing(loop, sim):
     assert abs(stats["period_mean_s"] * (stats["ticks"] + stats["overruns"] - 1) / (stats["ticks"] - 1) - 0.05) < 0.01
 
 
+def test_prefetching_loop_runs_the_rate(lift_policy, sim):
+    """prefetch plans chunks on a worker thread: the loop runs its ticks as without, and a bad value is
+    refused with the range."""
+    with pytest.raises(ConfigError, match="prefetch=-1"):
+        ControlLoop(ControlConfig(policy=str(lift_policy), device="cpu", prefetch=-1))
+    with pytest.raises(ConfigError, match="prefetch=9 must be in 1"):
+        ControlLoop(ControlConfig(policy=str(lift_policy), device="cpu", prefetch=9))
+    loop = ControlLoop(ControlConfig(policy=str(lift_policy), device="cpu", prefetch=2))
+    sim.reset(seed=2)
+    loop.enable()
+    stats = loop.run(sim, duration_s=1.0)
+    assert stats["ticks"] + stats["overruns"] == 20 and stats["held"] == 0
+    loop.engine.close()
+
+
 def test_disabled_holds_the_current_position(loop, sim):
     state = sim.reset(seed=3)
     loop.disable()

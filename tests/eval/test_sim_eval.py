@@ -171,3 +171,11 @@ def test_policy_cameras_become_env_cameras():
     feats["observation.images.wrist"] = Feature("video", (64, 64, 3))
     with pytest.raises(ConfigError, match="several sizes"):
         policy_env_overrides(feats)
+
+
+def test_prefetch_runs_one_control_loop():
+    with pytest.raises(ConfigError, match="num_envs=1"):
+        EvalConfig(policy="p", prefetch=2).validate()
+    with pytest.raises(ConfigError, match="prefetch=-1"):
+        EvalConfig(policy="p", prefetch=-1, num_envs=1).validate()
+    EvalConfig(policy="p", prefetch=2, num_envs=1).validate()

@@ -365,3 +365,59 @@ def test_trace_refuses_what_it_cannot_serve():
     engine = InferenceEngine(policy, 1, device="cpu", trace=True)
     with pytest.raises(ObservationError, match="batch size 2"):  # checked before the graph sees anything
         engine.act(obs_at(0, 2))
+
+
+# ---- prefetch: the next chunk predicted on a worker thread while the current one runs out -------------
+
+
+def test_prefetched_chunks_are_planned_d_ticks_ahead_and_read_from_d_steps_in(buffers):
+    import threading
+
+    threads = []
+    policy = stub(n_obs_steps=2, horizon=8, n_action_steps=3)
+    original = policy.forward_chunk
+
+    def recording(obs):
+        threads.append(threading.current_thread().name)
+        return original(obs)
+
+    policy.forward_chunk = recording
+    engine = InferenceEngine(policy, 1, device="cpu", prefetch=2)
+    got = [engine.act(obs_at(t, 1))[0].tolist() for t in range(12)]
+    # tick 0 predicts on the tick; then each chunk is asked for with 2 actions left (ticks 1, 4, 7, 10) and
+    # the action at tick t comes from the chunk of the requesting tick s, at index t - s
+    want = [[0, 0], [0, 1], [0, 2], [1, 2], [1, 3], [1, 4], [4, 2], [4, 3], [4, 4], [7, 2], [7, 3], [7, 4]]
+    assert got == want
+    # a reset waits for the chunk in flight (asked at tick 10) and drops it; the next episode starts on the tick
+    engine.reset()
+    assert threads[0] == threading.current_thread().name  # the episode's first chunk: on the tick
+    assert all(n.startswith("chunk-prefetch") for n in threads[1:]) and len(threads) == 5  # 1, 4, 7, 10 asked
+    assert engine.act(obs_at(20, 1))[0].tolist() == [20, 0]
+    assert [engine.act(obs_at(t, 1))[0].tolist() for t in (21, 22, 23)] == [[20, 1], [20, 2], [21, 2]]
+    engine.close()
+
+
+def test_prefetch_with_the_traced_diffusion_policy_is_reproducible():
+    torch.manual_seed(0)
+    policy = make_policy("diffusion", FEATURES, STATS, {"num_inference_steps": 2, "down_dims": [16, 32],
+                                                        "diffusion_step_embed_dim": 8, "horizon": 8,
+                                                        "n_action_steps": 3})
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        engine = InferenceEngine(policy, 1, device="cpu", trace=True, prefetch=3)
+        runs.append(_episode_actions(engine, FEATURES, 14, 1, {7: [0]}, seed=3))
+        engine.close()
+    assert np.isfinite(runs[0]).all()
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
+def test_prefetch_refuses_what_it_cannot_serve():
+    with pytest.raises(ConfigError, match="one env"):
+        InferenceEngine(stub(horizon=8), 2, device="cpu", prefetch=1)
+    with pytest.raises(ConfigError, match=r"prefetch=4 must be in 1\.\.3"):
+        InferenceEngine(stub(horizon=8, n_action_steps=3), 1, device="cpu", prefetch=4)
+    with pytest.raises(ConfigError, match="longer than 2 x n_action_steps"):
+        InferenceEngine(stub(horizon=3, n_action_steps=3), 1, device="cpu", prefetch=1)
+    with pytest.raises(ConfigError, match="one env"):
+        InferenceEngine(stub(horizon=8, temporal_ensemble=0.1), 1, device="cpu", prefetch=1)

@@ -107,6 +107,9 @@ PARAMETERS = {
     "workspace_hi": Param([], "upper corner of the TCP box, m; empty: the robot's default", float),
     "trace": Param(True, "run the policy's chunk predictor as a frozen TorchScript trace: the same actions as "
                          "eager, about 2x quicker predicting ticks on a CPU, a few seconds at start-up"),
+    "prefetch": Param(0, "> 0: predict each next action chunk on a worker thread this many ticks before the current "
+                         "one runs out (for a policy whose chunk takes longer than a control period, e.g. diffusion "
+                         "on a CPU; chunks are then planned from observations that many ticks old); 0: off"),
     "torch_threads": Param(1, "torch intra-op threads of the policy on the CPU; 0: torch's default (one per core)"),
     "executor": Param("events", "rclpy executor: events (rclpy.experimental.EventsExecutor) or single "
                                 "(SingleThreadedExecutor)"),
@@ -142,7 +145,8 @@ class PolicyNode(Node):
                               velocity_scale=p.velocity_scale, max_obs_age_s=p.max_obs_age_s,
                               watchdog_action=p.watchdog_action)
         self.loop = ControlLoop(ControlConfig(policy=p.checkpoint, robot=p.hardware, rate_hz=p.rate_hz,
-                                              device=p.device, safety=safety, task=p.task, trace=p.trace))
+                                              device=p.device, safety=safety, task=p.task, trace=p.trace,
+                                              prefetch=p.prefetch))
         spec = self.spec = self.loop.robot_spec
         self.cache = JointStateCache(spec.joint_names, spec.gripper_joint_names)
         self.images: dict[str, tuple[int, np.ndarray]] = {}  # camera -> (stamp ns, image)
