@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,17 @@ class Optimization:
     def save(self, out: Path, step: int) -> Path:
         """`save_checkpoint` of the model (its EMA weights when there is one) and this state."""
         return save_checkpoint(out, step, self.model, self.opt, self.sched, self.ema)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with `n` torch threads (None: unchanged), restoring the previous count after."""
+    if not n:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)

@@ -9,7 +9,6 @@ directories that want it (tests/rewards, tests/eval) declare it in their conftes
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -29,18 +28,12 @@ def train_config(dataset, out, **kw):
     return TrainRewardConfig(**base)
 
 
-@contextlib.contextmanager
 def one_torch_thread():
     """Tiny models on a 2-core machine that is also running other work: torch's intra-op threads cost far
     more in contention than they gain (one engine tick measured 120 ms with 2 threads, 1.6 ms with 1)."""
-    import torch
+    from robolearn.training import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 @pytest.fixture(scope="session")

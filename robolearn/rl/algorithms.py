@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,20 +24,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update
 
 from robolearn.errors import ConfigError
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Run a block with `n` torch threads (None: unchanged), restoring the previous count after."""
-    if not n:
-        yield
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
+from robolearn.training import torch_threads
 
 
 class ResidualPPO(PPO):

@@ -426,7 +426,7 @@ def evaluate(ckpt: Path, cfg: TrainResidualConfig, out: Path, episodes: int | No
 
 def run(cfg: TrainResidualConfig) -> Path:
     """Train (or resume) a residual and return the run directory."""
-    from robolearn.rl.algorithms import torch_threads
+    from robolearn.training import torch_threads
 
     cfg.validate()
     with torch_threads(1):  # rollouts: the physics threads own the cores (updates take them back)

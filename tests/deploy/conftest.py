@@ -9,6 +9,7 @@ import torch
 
 from robolearn.data.format import Feature
 from robolearn.hardware import load_robot
+from robolearn.training import torch_threads
 
 EE_NAMES = ["dx", "dy", "dz", "drx", "dry", "drz", "gripper"]
 LIFT_ENV = {"task": "lift", "control_hz": 20.0, "action_mode": "ee_delta", "max_dpos": 0.05, "max_drot": 0.5,
@@ -19,10 +20,8 @@ LIFT_ENV = {"task": "lift", "control_hz": 20.0, "action_mode": "ee_delta", "max_
 def _one_torch_thread():
     """Batch-1 inference and a tiny MLP: one intra-op thread is as fast, and does not stall on OpenMP
     barriers when the other cores are busy (as tests/policies/test_diffusion.py does)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,10 @@ SMALL = {"episodes": 4, "num_envs": 2, "max_episode_steps": 10, "video_size": (6
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """A tiny MLP over 2 envs: more intra-op threads only contend with the physics on a small CPU."""
-    import torch
+    from robolearn.training import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from robolearn.policies import CheckpointError, load_policy, make_policy
 from robolearn.policies.diffusion import DiffusionConfig, DiffusionPolicy
 from robolearn.policies.diffusion.modeling import Conv1d, Upsample1d, crop_images, mish
 from robolearn.policies.diffusion.scheduler import DiffusionScheduler
+from robolearn.training import torch_threads
 
 D_S, D_A, H = 3, 2, 8
 TINY = {"down_dims": [16, 32], "horizon": H, "n_action_steps": 4, "diffusion_step_embed_dim": 16, "n_groups": 4,
@@ -28,10 +29,8 @@ TINY = {"down_dims": [16, 32], "horizon": H, "n_action_steps": 4, "diffusion_ste
 def _one_thread():
     """Tiny tensors: one intra-op thread is as fast, and does not stall on OpenMP barriers when the
     other cores are busy (shared test machines)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def _features(cams: int = 0, side: int = 16, d_s: int = D_S) -> dict[str, Feature]:

@@ -16,10 +16,11 @@ from robolearn.errors import ConfigError, RobolearnError
 from robolearn.policies import load_policy, make_policy
 from robolearn.rewards import load_reward_model
 from robolearn.rewards.shaping import ShapingConfig
-from robolearn.rl.algorithms import DemoReplayBuffer, DemoTransitions, ResidualSAC, torch_threads
+from robolearn.rl.algorithms import DemoReplayBuffer, DemoTransitions, ResidualSAC
 from robolearn.rl.demos import demo_transitions
 from robolearn.rl.residual import ResidualPolicy
 from robolearn.rl.train import TrainResidualConfig, run
+from robolearn.training import torch_threads
 
 STATE, ENV_STATE, FRONT = "observation.state", "observation.environment_state", "observation.images.front"
 

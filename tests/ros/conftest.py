@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rosutil import ROS_PKG, NodeProcess, RosClient, ros_env  # noqa: E402
 
+from robolearn.training import torch_threads  # noqa: E402
+
 # the tests import robolearn_ros (convert, the PARAMETERS tables) from the source tree, as the launcher runs it
 if str(ROS_PKG) not in sys.path:
     sys.path.insert(0, str(ROS_PKG))
@@ -74,7 +76,6 @@ def client(ros_domain) -> RosClient:
 @pytest.fixture(scope="session")
 def lift_policy(tmp_path_factory) -> Path:
     """An MLP trained by BC on 32 scripted lift demos (state + environment state; ~85-90% success): ~40 s."""
-    import torch
 
     from robolearn.data.collect import CollectConfig
     from robolearn.data.collect import run as collect
@@ -82,24 +83,19 @@ def lift_policy(tmp_path_factory) -> Path:
     from robolearn.policies.train import run as train
 
     tmp = tmp_path_factory.mktemp("ros_policy")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ds = collect(CollectConfig(task="lift", episodes=32, out=str(tmp / "lift"), num_envs=8, cameras=[],
                                    progress=False, fsync=False))
         run = train(TrainBCConfig(dataset=str(ds), policy="mlp", out=str(tmp / "bc"), steps=2000, batch_size=128,
                                   save_every=2000, eval_episodes=0, progress=False, device="cpu",
                                   policy_options={"hidden": [256, 256, 256], "dropout": 0.1}))
-    finally:
-        torch.set_num_threads(threads)
     return run / "checkpoints" / "last"
 
 
 @pytest.fixture(scope="session")
 def progress_model(tmp_path_factory) -> Path:
     """A tiny stage-aware progress model (front camera 32x32, state and environment state) trained for 20 steps
-    on 4 lift demos: enough for the judge's plumbing (tests/rewards/conftest.py sizes it the same way)."""
-    import torch
+    on 4 lift demos: enough for the judge's plumbing (tests/reward_fixtures.py sizes it the same way)."""
 
     from robolearn.data.collect import CollectConfig
     from robolearn.data.collect import run as collect
@@ -107,14 +103,10 @@ def progress_model(tmp_path_factory) -> Path:
     from robolearn.rewards.train import run as train
 
     tmp = tmp_path_factory.mktemp("ros_reward")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         ds = collect(CollectConfig(task="lift", episodes=4, out=str(tmp / "lift"), num_envs=4, cameras=["front"],
                                    image_size=(32, 32), progress=False, fsync=False))
         return train(TrainRewardConfig(
             dataset=str(ds), out=str(tmp / "rm"), steps=20, batch_size=16, val_fraction=0.0, progress=False,
             device="cpu", model_options={"channels": [8, 16], "image_dim": 32, "state_dim": 16, "embed_dim": 32,
                                          "hidden": [64], "privileged": True}))
-    finally:
-        torch.set_num_threads(threads)
