@@ -442,6 +442,55 @@ def node_env(node: NodeAction, base: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
+class NodeProcess:
+    """One robolearn_ros node in a process of its own, started as `launch` starts it (command and
+    environment from its NodeAction), its output in `log_dir/<name>.log`; on Linux it dies with this
+    process, even when this one is killed. For benchmarks and tests that drive nodes one by one."""
+
+    def __init__(self, exe: str, name: str, params: dict[str, Any], env: dict[str, str], log_dir: Path):
+        action = NodeAction("robolearn_ros", exe, name, params=list(params.items()))
+        self.name = name
+        self.log_path = Path(log_dir) / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(action.command(), env=node_env(action, env), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=death_signal_setter())
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the node printed so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the log under a header naming the node and the file."""
+        return f"--- {self.name} ({self.log_path})\n" + self.log()[-chars:]
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; subprocess.TimeoutExpired when still running after `timeout` s."""
+        return self.proc.wait(timeout)
+
+    def interrupt(self) -> None:
+        """SIGINT (a clean shutdown), if it is still running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def stop(self) -> int | None:
+        """SIGINT, SIGKILL after 10 s; the exit code."""
+        if self.proc.poll() is None:
+            self.interrupt()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
 def launch(file_or_name: str | Path, args: dict[str, str] | None = None, *, out=None,
            sigterm_timeout: float = SIGTERM_TIMEOUT_S) -> int:
     """Start every node of a launch file and supervise them until Ctrl-C, SIGTERM, a required node's exit, or

@@ -36,7 +36,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -204,42 +203,6 @@ def record_states(cfg: RosBenchConfig, policy: str, path: Path) -> dict[str, Any
 # ---- running the nodes --------------------------------------------------------------------------------------
 
 
-class _Node:
-    """One node process, started as the launcher starts it, its output in a log file."""
-
-    def __init__(self, exe: str, name: str, params: dict[str, Any], env: dict[str, str], log_dir: Path):
-        from robolearn.deploy.launch import NodeAction, death_signal_setter, node_env
-
-        self.name = name
-        action = NodeAction("robolearn_ros", exe, name, params=list(params.items()))
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        # the node dies with this process, even when it is killed (no node outlives the benchmark)
-        self.proc = subprocess.Popen(action.command(), env=node_env(action, env), stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=death_signal_setter())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        self._log.flush()
-        return f"--- {self.name} ({self.log_path})\n" + self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> int | None:
-        """SIGINT (a clean shutdown), SIGKILL after 10 s; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
 def node_environment(domain: int) -> dict[str, str]:
     """The nodes' environment: this one, on `domain`, discovery on loopback only."""
     return {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
@@ -249,24 +212,26 @@ def node_environment(domain: int) -> dict[str, str]:
 def run_contender(contender: str, cfg: RosBenchConfig, policy: str, states: Path, domain: int,
                   work: Path) -> dict[str, Any]:
     """Start the contender node, then the driver; wait for the driver's samples; stop both. The raw samples."""
+    from robolearn.deploy.launch import NodeProcess
+
     env = node_environment(domain)
     out = work / f"{contender}_samples.json"
     driver_params: dict[str, Any] = {"hardware": "panda", "states_file": str(states), "rate_hz": cfg.rate_hz,
                                      "warmup_s": cfg.warmup_s, "duration_s": cfg.duration_s,
                                      "ready_timeout_s": READY_TIMEOUT_S, "output": str(out)}
-    nodes: list[_Node] = []
+    nodes: list[NodeProcess] = []
     try:
         if contender == "policy":
-            node = _Node("policy_node", "policy", {
+            node = NodeProcess("policy_node", "policy", {
                 "checkpoint": policy, "hardware": "panda", "rate_hz": cfg.rate_hz, "device": "cpu",
                 "environment_state_topic": f"/{DRIVER}/environment_state", "executor": cfg.executor,
                 "sync_to_states": cfg.sync_to_states, "torch_threads": cfg.torch_threads,
                 "timing_window": int(round(cfg.rate_hz * cfg.duration_s))}, env, work)
             driver_params.update(enable_service="/policy/enable", status_topic="/policy/status")
         else:
-            node = _Node("relay_node", "relay", {"robot": "panda", "executor": cfg.executor}, env, work)
+            node = NodeProcess("relay_node", "relay", {"robot": "panda", "executor": cfg.executor}, env, work)
         nodes.append(node)
-        driver = _Node("bench_driver_node", DRIVER, {**driver_params, "cpu_pid": node.pid}, env, work)
+        driver = NodeProcess("bench_driver_node", DRIVER, {**driver_params, "cpu_pid": node.pid}, env, work)
         nodes.append(driver)
         limit = READY_TIMEOUT_S + cfg.warmup_s + cfg.duration_s + 30.0
         try:

@@ -4,13 +4,14 @@ launcher starts them, an rclpy client in the test process, waiting for a conditi
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from robolearn.deploy import launch
 
 ROS_PKG = Path(__file__).resolve().parents[2] / "ros_ws" / "src" / "robolearn_ros"
 
@@ -23,44 +24,19 @@ def ros_env(domain: int) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-class NodeProcess:
-    """One node started as the launcher starts it; its output goes to a log file."""
+class NodeProcess(launch.NodeProcess):
+    """A node process (robolearn.deploy.launch.NodeProcess) in this environment plus `env`, whose `wait`
+    fails the test with the node's log when it does not exit in time."""
 
     def __init__(self, exe: str, name: str, params: dict[str, Any], env: dict[str, str], log_dir: Path):
-        from robolearn.deploy.launch import NodeAction, node_env
-
-        self.name = name
-        action = NodeAction("robolearn_ros", exe, name, params=list(params.items()))
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(action.command(), env=node_env(action, {**os.environ, **env}), stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        super().__init__(exe, name, params, {**os.environ, **env}, log_dir)
 
     def wait(self, timeout: float) -> int:
         try:
-            return self.proc.wait(timeout)
+            return super().wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} still running after {timeout} s; its log:\n{self.log()[-3000:]}") \
                 from None
-
-    def interrupt(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-
-    def stop(self) -> None:
-        """SIGINT (a clean shutdown), then SIGKILL after 10 s."""
-        if self.proc.poll() is None:
-            self.interrupt()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 class RosClient:
