@@ -5,7 +5,15 @@
   (torch's idle OpenMP workers would spin against them), and they are idle during an update.
 - `ResidualSAC` adds ResFiT's critic warm-up: the first `critic_warmup` gradient steps update only
   the critic ensemble (and its target), so the actor starts moving against a critic that has
-  already fit the base's (and the demonstrations') returns instead of a random one.
+  already fit the base's (and the demonstrations') returns instead of a random one. It also
+  explores around the base from the first step: SB3's SAC acts uniformly at random in its action
+  space until `learning_starts`, which for a residual means corrections of full scale in every
+  dimension (the gripper's flips at random) and a replay buffer of failures; here the residual's own
+  (zero-mean, small-std) actor acts, and `learning_starts` only delays the updates.
+- `LayerNormSACPolicy`: SB3's SAC policy whose critics put a LayerNorm after every hidden layer
+  (RLPD, ResFiT): a plain MLP critic extrapolates to actions far from the replay data with large
+  values, and the actor, ascending it, walks the residual away from the base within a few thousand
+  updates (measured on lift: success 62% -> 12%).
 - `DemoReplayBuffer`: SB3's `NStepReplayBuffer` with demonstration transitions mixed into every
   batch (a fixed `demo_fraction` of each minibatch, as in RLPD / ResFiT's symmetric sampling); the
   demos live in their own n-step buffer, so returns never run across the online data's episodes.
@@ -22,6 +30,7 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.buffers import NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.sac.policies import SACPolicy
 
 from robolearn.errors import ConfigError
 from robolearn.training import torch_threads
@@ -37,16 +46,52 @@ class ResidualPPO(PPO):
             super().train()
 
 
+class LayerNormSACPolicy(SACPolicy):
+    """SB3's `SACPolicy` with a LayerNorm after each hidden Linear of every critic (module docstring)."""
+
+    def make_critic(self, features_extractor=None):
+        critic = super().make_critic(features_extractor)
+        for i, q in enumerate(critic.q_networks):
+            layers: list[torch.nn.Module] = []
+            linears = [m for m in q if isinstance(m, torch.nn.Linear)]
+            for m in q:
+                layers.append(m)
+                if isinstance(m, torch.nn.Linear) and m is not linears[-1]:
+                    layers.append(torch.nn.LayerNorm(m.out_features))
+            net = torch.nn.Sequential(*layers).to(self.device)
+            setattr(critic, f"qf{i}", net)
+            critic.q_networks[i] = net
+        return critic
+
+
 class ResidualSAC(SAC):
-    """SB3 SAC with ResFiT's critic warm-up and `train_threads` torch threads for its updates."""
+    """SB3 SAC with ResFiT's critic warm-up, exploration around the base from the first step, and
+    `train_threads` torch threads for its updates (module docstring)."""
 
     train_threads: int | None = None
 
-    def __init__(self, *args, critic_warmup: int = 0, **kwargs):
+    def __init__(self, *args, critic_warmup: int = 0, actor_lr_scale: float = 1.0, **kwargs):
         if critic_warmup < 0:
             raise ConfigError(f"critic_warmup={critic_warmup} must be >= 0 gradient steps")
+        if not (np.isfinite(actor_lr_scale) and actor_lr_scale > 0):
+            raise ConfigError(f"actor_lr_scale={actor_lr_scale} must be > 0")
         self.critic_warmup = int(critic_warmup)
+        self.actor_lr_scale = float(actor_lr_scale)
         super().__init__(*args, **kwargs)
+
+    def _update_learning_rate(self, optimizers) -> None:
+        # the actor learns at actor_lr_scale x the critics' rate: it must not outrun the replay data its
+        # critic has seen (a critic is only right near the actions it was trained on)
+        super()._update_learning_rate(optimizers)
+        actor_opt = getattr(getattr(self, "actor", None), "optimizer", None)
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            if opt is actor_opt:
+                for group in opt.param_groups:
+                    group["lr"] *= self.actor_lr_scale
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs: int = 1):
+        # learning_starts=0: never SB3's uniform warm-up actions (class docstring)
+        return super()._sample_action(0, action_noise, n_envs)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         with torch_threads(self.train_threads):

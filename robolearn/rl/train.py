@@ -85,7 +85,10 @@ class SACOptions:
     n_critics: int = 4
     """critic ensemble size (the target is their minimum)"""
     learning_rate: float = 3e-4
-    """Adam learning rate"""
+    """Adam learning rate of the critics and the entropy coefficient"""
+    actor_learning_rate: float = 3e-5
+    """Adam learning rate of the actor (the residual): slower than the critics, so that it does not
+    outrun the replay data (at the critics' rate it left the base within 3k updates on lift)"""
     gamma: float = 0.99
     """discount (also the shaping's gamma)"""
     tau: float = 0.005
@@ -97,6 +100,13 @@ class SACOptions:
     """share of each minibatch drawn from the demonstrations (when there are some)"""
     critic_warmup: int = 1000
     """gradient steps that update only the critics before the actor moves (ResFiT's warm-up)"""
+    ent_coef_init: float = 0.01
+    """initial entropy coefficient (learned from there towards SB3's target entropy, -dim(action)).
+    SB3's 1.0 makes the entropy bonus (~10 per step for 7 dims) outweigh a task reward of at most 1
+    per episode: the critic learns entropy and the actor leaves the base"""
+    log_std_init: float = -2.0
+    """initial log std of the residual's Gaussian, the same in every state (std 0.14 before tanh: the
+    first rollouts explore near the base)"""
 
 
 @dataclass
@@ -160,6 +170,12 @@ class TrainResidualConfig:
             raise ConfigError(f"train residual: sac.demo_fraction={self.sac.demo_fraction} must be in [0, 1)")
         if self.sac.critic_warmup < 0:
             raise ConfigError(f"train residual: sac.critic_warmup={self.sac.critic_warmup} must be >= 0")
+        if not (np.isfinite(self.sac.ent_coef_init) and self.sac.ent_coef_init > 0):
+            raise ConfigError(f"train residual: sac.ent_coef_init={self.sac.ent_coef_init} must be > 0")
+        if not (self.sac.learning_rate > 0 and self.sac.actor_learning_rate > 0):
+            raise ConfigError("train residual: sac.learning_rate and sac.actor_learning_rate must be > 0")
+        if not np.isfinite(self.sac.log_std_init):
+            raise ConfigError(f"train residual: sac.log_std_init={self.sac.log_std_init} must be a finite number")
         self.shaping.validate()
 
 
@@ -230,7 +246,7 @@ def demo_dataset(cfg: TrainResidualConfig, base) -> str | None:
 
 
 def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
-    from robolearn.rl.algorithms import DemoReplayBuffer, ResidualPPO, ResidualSAC
+    from robolearn.rl.algorithms import DemoReplayBuffer, LayerNormSACPolicy, ResidualPPO, ResidualSAC
 
     act = torch.nn.Tanh
     if cfg.algo == "ppo":
@@ -244,10 +260,11 @@ def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
         out = model.policy.action_net
     else:
         s = cfg.sac
-        model = ResidualSAC("MlpPolicy", venv, buffer_size=s.buffer_size, learning_starts=s.learning_starts,
+        model = ResidualSAC(LayerNormSACPolicy, venv, buffer_size=s.buffer_size, learning_starts=s.learning_starts,
                             batch_size=s.batch_size, gradient_steps=s.utd * venv.num_envs, train_freq=1,
                             learning_rate=s.learning_rate, gamma=s.gamma, tau=s.tau, seed=cfg.seed,
-                            device=cfg.device, critic_warmup=s.critic_warmup,
+                            device=cfg.device, critic_warmup=s.critic_warmup, ent_coef=f"auto_{s.ent_coef_init}",
+                            actor_lr_scale=s.actor_learning_rate / s.learning_rate,
                             replay_buffer_class=DemoReplayBuffer,
                             replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma, "demos": demos,
                                                   "demo_fraction": s.demo_fraction},
@@ -255,6 +272,9 @@ def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
                             policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": act,
                                            "n_critics": s.n_critics})
         out = model.actor.mu
+        with torch.no_grad():  # one std everywhere at first (SB3 draws it from a random layer: std ~1)
+            model.actor.log_std.weight.zero_()
+            model.actor.log_std.bias.fill_(s.log_std_init)
     model.train_threads = cfg.num_threads  # updates take every core; rollouts leave them to the physics
     with torch.no_grad():  # the residual starts at zero: the first rollouts are the base's
         out.weight.zero_()

@@ -16,7 +16,7 @@ from robolearn.errors import ConfigError, RobolearnError
 from robolearn.policies import load_policy, make_policy
 from robolearn.rewards import load_reward_model
 from robolearn.rewards.shaping import ShapingConfig
-from robolearn.rl.algorithms import DemoReplayBuffer, DemoTransitions, ResidualSAC
+from robolearn.rl.algorithms import DemoReplayBuffer, DemoTransitions, LayerNormSACPolicy, ResidualSAC
 from robolearn.rl.demos import demo_transitions
 from robolearn.rl.residual import ResidualPolicy
 from robolearn.rl.train import TrainResidualConfig, run
@@ -233,6 +233,60 @@ def test_sac_critic_warmup_moves_only_the_critics_first():
         ResidualSAC("MlpPolicy", "Pendulum-v1", critic_warmup=-1, device="cpu")
 
 
+def test_layernorm_sac_critics_and_their_targets():
+    model = ResidualSAC(LayerNormSACPolicy, "Pendulum-v1", learning_starts=0, batch_size=8, buffer_size=100,
+                        seed=0, device="cpu", policy_kwargs={"net_arch": [16, 8], "n_critics": 3})
+    for critic in (model.critic, model.critic_target):
+        assert len(critic.q_networks) == 3
+        for i, q in enumerate(critic.q_networks):
+            assert getattr(critic, f"qf{i}") is q  # registered: in parameters() and the state dict
+            kinds = [type(m).__name__ for m in q]
+            assert kinds == ["Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU", "Linear"]
+    ln = [n for n in model.critic.state_dict() if ".1.weight" in n]
+    assert len(ln) == 3
+    for a, b in zip(model.critic.parameters(), model.critic_target.parameters()):
+        assert torch.equal(a, b)  # the target starts as a copy
+    assert {id(p) for p in model.critic.optimizer.param_groups[0]["params"]} == \
+        {id(p) for p in model.critic.parameters() if p.requires_grad}  # the LayerNorms are optimized too
+    obs, act = torch.zeros(4, 3), torch.zeros(4, 1)
+    assert [q.shape for q in model.critic(obs, act)] == [(4, 1)] * 3
+
+
+def test_sac_actor_learns_at_its_own_rate():
+    from stable_baselines3.common.logger import configure
+
+    model = ResidualSAC("MlpPolicy", "Pendulum-v1", learning_starts=0, batch_size=8, buffer_size=100, seed=0,
+                        device="cpu", learning_rate=1e-3, actor_lr_scale=0.1, policy_kwargs={"net_arch": [8]})
+    model.set_logger(configure(None, [""]))
+    rng = np.random.default_rng(0)
+    for _ in range(16):
+        model.replay_buffer.add(rng.normal(size=(1, 3)).astype(np.float32), rng.normal(size=(1, 3)).astype(np.float32),
+                                rng.uniform(-1, 1, (1, 1)).astype(np.float32), np.zeros(1, np.float32),
+                                np.array([False]), [{}])
+    for _ in range(2):  # the scale applies once per update, not compounded
+        model.train(gradient_steps=1, batch_size=8)
+        assert model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+        assert model.critic.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="actor_lr_scale"):
+        ResidualSAC("MlpPolicy", "Pendulum-v1", actor_lr_scale=0.0, device="cpu")
+
+
+def test_sac_explores_with_its_actor_before_learning_starts():
+    """SB3's SAC acts uniformly at random until learning_starts; a residual's learner acts with its own
+    actor: here a zero mean and a negligible std, so every action is ~0 (the base's)."""
+    model = ResidualSAC("MlpPolicy", "Pendulum-v1", learning_starts=10_000, seed=0, device="cpu",
+                        policy_kwargs={"net_arch": [16]})
+    with torch.no_grad():
+        model.actor.mu.weight.zero_()
+        model.actor.mu.bias.zero_()
+        model.actor.log_std.weight.zero_()
+        model.actor.log_std.bias.fill_(-15.0)
+    model._last_obs = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    for _ in range(20):
+        action, buffer_action = model._sample_action(model.learning_starts, None, n_envs=4)
+        assert action.shape == (4, 1) and np.abs(action).max() < 1e-4 and np.abs(buffer_action).max() < 1e-4
+
+
 def test_torch_threads_sets_and_restores():
     before = torch.get_num_threads()
     with torch_threads(1):
@@ -388,6 +442,14 @@ def test_sac_without_demonstrations_warmup_and_resume(pieces, tmp_path, capsys):
     assert first["n_updates"] > 0
     # all updates were warm-up: the actor (the residual) is still exactly zero
     assert load_policy(out).residual[-1].weight.abs().sum() == 0
+    # ... and so are its exploration std (one std everywhere, sac.log_std_init) and entropy coefficient
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "checkpoints" / "last" / "training_state.safetensors"))
+    assert state["policy.actor.log_std.weight"].abs().sum() == 0
+    assert bool((state["policy.actor.log_std.bias"] == -2.0).all())
+    assert torch.allclose(state["log_ent_coef"].exp(), torch.tensor([0.01]))
+    assert any(".1.weight" in k and "critic.qf0" in k for k in state)  # the critics' LayerNorm
     # the resumed run counts on from the saved number of updates (its warm-up is not restarted)
     out = run(_cfg(pieces["base"], tmp_path / "sac", reward="sparse", total_steps=48, save_every=32,
                    sac={"demos": "none", "critic_warmup": 10_000}))
