@@ -484,7 +484,8 @@ def _run(cfg: TrainResidualConfig) -> Path:
     try:
         from robolearn.eval.sim import _check_fit
 
-        state = prepare_run_dir(out, to_jsonable(config_to_dict(cfg)), RESUME_KEYS)
+        other = "sac" if cfg.algo == "ppo" else "ppo"  # the other learner's options do not matter to this run
+        state = prepare_run_dir(out, to_jsonable(config_to_dict(cfg)), tuple(k for k in RESUME_KEYS if k != other))
 
         _check_fit(base, env)
         sp = env.single_action_space

@@ -69,6 +69,11 @@ def test_ppo_with_the_progress_reward_trains_evaluates_and_resumes(pieces, tmp_p
     assert summary["resumed_from"] == 64 and summary["steps"] == 96
     after = load_policy(out2).state_dict()
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before if k.startswith("residual."))
+    # SAC's options are not this PPO run's: changing them (or a release adding one) does not block a resume
+    cfg = _cfg(base, tmp_path / "ppo", reward=str(reward), total_steps=96, eval_every=32)
+    cfg.sac.utd = 3
+    out3 = run(cfg)
+    assert json.loads((out3 / "train_summary.json").read_text())["resumed_from"] == 96
     with pytest.raises(ConfigError, match="different"):
         run(_cfg(base, tmp_path / "ppo", reward="sparse", total_steps=128))
 
