@@ -464,6 +464,11 @@ def test_sac_bad_demo_settings(pieces, tmp_path):
         run(_cfg(pieces["base"], tmp_path / "b", sac={"demo_fraction": 1.0}))
     with pytest.raises(ConfigError, match="critic_warmup"):
         run(_cfg(pieces["base"], tmp_path / "c", sac={"critic_warmup": -1}))
+    for bad, match in (({"ent_coef_init": 0.0}, "sac.ent_coef_init=0.0 must be > 0"),
+                       ({"actor_learning_rate": -1e-4}, "sac.actor_learning_rate must be > 0"),
+                       ({"log_std_init": float("nan")}, "sac.log_std_init=nan must be a finite number")):
+        with pytest.raises(ConfigError, match=match):
+            run(_cfg(pieces["base"], tmp_path / "e", sac=bad))
     # demos from another task's dataset: refused naming the feature
     with pytest.raises(ConfigError, match="observation.environment_state"):
         run(_cfg(pieces["base"], tmp_path / "d", sac={"demos": str(pieces["lift"])}))
