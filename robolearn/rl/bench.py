@@ -8,7 +8,9 @@
 3. Residual SAC (ResFiT: demos in the replay batches, critic warm-up, n-step, critic ensemble,
    UTD > 1) with the progress reward: steps and wall-clock to 90%.
 4. Throughput: residual PPO's env-steps/s (training time, evaluations excluded) over the raw
-   `VecEnv`'s steps/s with the same env count and threads, measured in the same run.
+   `VecEnv`'s steps/s with the same env count and threads: `throughput_repeats` pairs of a short PPO
+   run (the demo's settings, from scratch) and a raw timing, seconds apart, and the median of the
+   pairs' ratios (the demo's own run is reported too, against the raw median, as context).
 
 "steps to 90%" is the first periodic evaluation (`curve_episodes` seeded episodes, deterministic
 residual) at or above 90% success; wall-clock counts training time only.
@@ -16,16 +18,20 @@ residual) at or above 90% success; wall-clock counts training time only.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from robolearn.data.format import atomic_write_json
+
+if TYPE_CHECKING:
+    from robolearn.rl.train import TrainResidualConfig
 
 TARGETS = {"improvement": 0.25, "sample_efficiency": 3.0, "ppo_throughput_ratio": 0.6}
 
@@ -48,8 +54,12 @@ class ResidualBenchConfig:
     """env steps between the SAC run's evaluations"""
     threshold: float = 0.9
     """success rate the "steps to" figures are measured at"""
-    throughput_steps: int = 4000
-    """vector steps of the raw VecEnv timing"""
+    throughput_steps: int = 16_384
+    """env steps of each raw VecEnv timing (all envs together)"""
+    throughput_ppo_steps: int = 32_768
+    """env steps of each timed residual PPO run (eval off; its `model.learn` wall-clock)"""
+    throughput_repeats: int = 3
+    """paired (raw VecEnv, residual PPO) timings; the ratio is the median of the pairs' ratios"""
     quick: bool = False
     """smoke run: the demo's --quick budget and tiny comparison runs"""
     resume: bool = False
@@ -90,6 +100,34 @@ def raw_vecenv_steps_per_s(task: str, num_envs: int, num_threads: int, steps: in
         return steps * num_envs / (time.perf_counter() - t)
     finally:
         env.close()
+
+
+def paired_throughput(task: str, train_cfg: TrainResidualConfig, raw_steps: int, repeats: int,
+                      work: Path) -> dict:
+    """Residual PPO env-steps/s against the raw `VecEnv`'s with the same envs and threads, timed in
+    pairs seconds apart (alternating which goes first), so that a VM whose speed drifts over minutes
+    hurts both sides of a pair alike. Each PPO run trains `train_cfg.total_steps` from scratch (eval
+    off; the rate is its `model.learn` wall-clock, setup excluded)."""
+    from robolearn.rl.train import run as train_residual
+
+    raw, ppo, ratios = [], [], []
+    for r in range(repeats):
+        out = work / f"throughput_{r}"
+        shutil.rmtree(out, ignore_errors=True)
+        for side in (("raw", "ppo") if r % 2 == 0 else ("ppo", "raw")):
+            if side == "raw":
+                raw.append(raw_vecenv_steps_per_s(task, train_cfg.num_envs, train_cfg.num_threads,
+                                                  max(20, raw_steps // train_cfg.num_envs), seed=r))
+            else:
+                run_dir = train_residual(replace(train_cfg, out=str(out), seed=r))
+                ppo.append(float(json.loads((run_dir / "train_summary.json").read_text())["env_steps_per_s"]))
+        ratios.append(ppo[-1] / raw[-1])
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"throughput pair {r + 1}/{repeats}: residual PPO {ppo[-1]:.0f} env-steps/s, raw VecEnv {raw[-1]:.0f} "
+              f"({ratios[-1]:.3f})")
+    return {"ppo_env_steps_per_s": float(np.median(ppo)), "raw_vecenv_steps_per_s": float(np.median(raw)),
+            "ppo_throughput_ratio": float(np.median(ratios)),
+            "throughput_samples": {"ppo": ppo, "raw": raw, "ratio": ratios}}
 
 
 def run(cfg: ResidualBenchConfig) -> dict:
@@ -136,9 +174,13 @@ def run(cfg: ResidualBenchConfig) -> dict:
         sac_curve = learning_curve(sac_dir)
         runs["progress (SAC)"] = sac_curve
 
-    raw = raw_vecenv_steps_per_s(demo["task"], demo_cfg.residual_envs, demo_cfg.num_threads,
-                                 max(50, cfg.throughput_steps // (8 if cfg.quick else 1) // demo_cfg.residual_envs))
-    ppo_sps = float(demo["residual_train"]["env_steps_per_s"])
+    print("\n== residual PPO throughput vs the raw VecEnv (paired timings)")
+    div = 8 if cfg.quick else 1
+    through = paired_throughput(demo["task"], TrainResidualConfig(
+        reward=str(work / "demo" / "reward"), algo="ppo", total_steps=max(2048, cfg.throughput_ppo_steps // div),
+        eval_every=0, eval_episodes=0, save_every=10 ** 9, **common), cfg.throughput_steps // div,
+        1 if cfg.quick else cfg.throughput_repeats, work)
+    demo_sps = float(demo["residual_train"]["env_steps_per_s"])
     p_steps, p_wall = steps_to(demo["curve"], cfg.threshold)
     s_steps, s_wall = steps_to(sparse_curve, cfg.threshold)
     c_steps, c_wall = steps_to(sac_curve, cfg.threshold)
@@ -158,9 +200,9 @@ def run(cfg: ResidualBenchConfig) -> dict:
         "sample_efficiency": (s_steps / p_steps) if (s_steps and p_steps) else None,
         "ppo_steps_to_90": p_steps, "ppo_wall_s_to_90": p_wall,
         "sac_steps_to_90": c_steps, "sac_wall_s_to_90": c_wall,
-        "ppo_env_steps_per_s": ppo_sps,
-        "raw_vecenv_steps_per_s": raw,
-        "ppo_throughput_ratio": ppo_sps / raw,
+        **through,
+        "demo_ppo_env_steps_per_s": demo_sps,
+        "demo_ppo_throughput_ratio": demo_sps / through["raw_vecenv_steps_per_s"],
         "wall_clock_s": demo["wall_clock_s"],
         "demo_timings_s": demo["timings_s"],
         "curves": runs,

@@ -26,7 +26,8 @@ def test_bench_residual_writes_every_key(tmp_path, capsys):
     demo = ("demo={demos: 4, bc_steps: 40, reward_steps: 20, residual_steps: 1024, residual_envs: 8, "
             "eval_every: 512, curve_episodes: 2, episodes: 4, video: false}")
     rc = main(["bench", "residual", "--json", str(out), demo, "sac_steps=256", "sac_envs=4", "sac_eval_every=128",
-               "throughput_steps=400", f"work_dir={tmp_path / 'work'}", f"plot_path={tmp_path / 'r.png'}"])
+               "throughput_steps=400", "throughput_ppo_steps=1024", "throughput_repeats=2",
+               f"work_dir={tmp_path / 'work'}", f"plot_path={tmp_path / 'r.png'}"])
     assert rc == 0
     r = json.loads(out.read_text())
     for k in KEYS:
@@ -34,7 +35,14 @@ def test_bench_residual_writes_every_key(tmp_path, capsys):
     assert 0 <= r["base_ci"][0] <= r["base_success"] <= r["base_ci"][1] <= 1
     assert 0 <= r["residual_ci"][0] <= r["residual_success"] <= r["residual_ci"][1] <= 1
     assert r["raw_vecenv_steps_per_s"] > 0 and r["ppo_env_steps_per_s"] > 0
-    assert abs(r["ppo_throughput_ratio"] - r["ppo_env_steps_per_s"] / r["raw_vecenv_steps_per_s"]) < 1e-9
+    # two (raw, PPO) pairs; the figure is the median of the pairs' ratios, each PPO run from scratch
+    pairs = r["throughput_samples"]
+    assert len(pairs["ppo"]) == len(pairs["raw"]) == len(pairs["ratio"]) == 2
+    for p, w, q in zip(pairs["ppo"], pairs["raw"], pairs["ratio"]):
+        assert p > 0 and w > 0 and abs(q - p / w) < 1e-9
+    assert abs(r["ppo_throughput_ratio"] - sum(pairs["ratio"]) / 2) < 1e-9
+    assert abs(r["demo_ppo_throughput_ratio"] - r["demo_ppo_env_steps_per_s"] / r["raw_vecenv_steps_per_s"]) < 1e-9
+    assert not list((tmp_path / "work").glob("throughput_*"))  # the timing runs are not kept
     # the three learning curves: progress PPO, sparse PPO (same budget), SAC; each starts at step 0
     assert set(r["curves"]) == {"progress (PPO)", "sparse (PPO)", "progress (SAC)"}
     assert [c["step"] for c in r["curves"]["sparse (PPO)"]] == [0, 512, 1024]
