@@ -10,6 +10,12 @@
   space until `learning_starts`, which for a residual means corrections of full scale in every
   dimension (the gripper's flips at random) and a replay buffer of failures; here the residual's own
   (zero-mean, small-std) actor acts, and `learning_starts` only delays the updates.
+- `ResidualSAC.train` is SB3's SAC update with two changes for a residual. The actor (and the
+  entropy coefficient) steps once every `policy_delay` critic updates (TD3's delayed policy updates:
+  the critics settle between the actor's moves). And its loss adds `residual_penalty` x the mean
+  squared deterministic correction, tanh(mean)^2, with the Q term divided by its batch's mean |Q|
+  (TD3+BC's balance, the base being the behaviour to stay near): the actor moves off the base only
+  where the critics promise more than the move costs.
 - `LayerNormSACPolicy`: SB3's SAC policy whose critics put a LayerNorm after every hidden layer
   (RLPD, ResFiT): a plain MLP critic extrapolates to actions far from the replay data with large
   values, and the actor, ascending it, walks the residual away from the base within a few thousand
@@ -66,18 +72,26 @@ class LayerNormSACPolicy(SACPolicy):
 
 
 class ResidualSAC(SAC):
-    """SB3 SAC with ResFiT's critic warm-up, exploration around the base from the first step, and
-    `train_threads` torch threads for its updates (module docstring)."""
+    """SB3 SAC with ResFiT's critic warm-up, exploration around the base from the first step, delayed
+    actor updates, a pull of the actor towards the base, and `train_threads` torch threads for its
+    updates (module docstring)."""
 
     train_threads: int | None = None
 
-    def __init__(self, *args, critic_warmup: int = 0, actor_lr_scale: float = 1.0, **kwargs):
+    def __init__(self, *args, critic_warmup: int = 0, actor_lr_scale: float = 1.0, policy_delay: int = 1,
+                 residual_penalty: float = 0.0, **kwargs):
         if critic_warmup < 0:
             raise ConfigError(f"critic_warmup={critic_warmup} must be >= 0 gradient steps")
         if not (np.isfinite(actor_lr_scale) and actor_lr_scale > 0):
             raise ConfigError(f"actor_lr_scale={actor_lr_scale} must be > 0")
+        if policy_delay < 1:
+            raise ConfigError(f"policy_delay={policy_delay} must be at least 1 (critic steps per actor step)")
+        if not (np.isfinite(residual_penalty) and residual_penalty >= 0):
+            raise ConfigError(f"residual_penalty={residual_penalty} must be >= 0 (0: plain SAC's actor loss)")
         self.critic_warmup = int(critic_warmup)
         self.actor_lr_scale = float(actor_lr_scale)
+        self.policy_delay = int(policy_delay)
+        self.residual_penalty = float(residual_penalty)
         super().__init__(*args, **kwargs)
 
     def _update_learning_rate(self, optimizers) -> None:
@@ -95,41 +109,68 @@ class ResidualSAC(SAC):
         return super()._sample_action(0, action_noise, n_envs)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """SB3's SAC update (the same critic target: min over the target ensemble of the current actor's
+        next action, minus the entropy term), except that the actor and the entropy coefficient step
+        only after `critic_warmup` updates and then once every `policy_delay` critic steps, and that the
+        actor's loss adds `residual_penalty` x the mean squared correction (module docstring)."""
         with torch_threads(self.train_threads):
-            warm = min(gradient_steps, max(0, self.critic_warmup - self._n_updates))
-            if warm:
-                self._train_critic(warm, batch_size)
-            if gradient_steps > warm:
-                super().train(gradient_steps - warm, batch_size)
-
-    def _train_critic(self, gradient_steps: int, batch_size: int) -> None:
-        """SAC's critic update alone (same target as `SAC.train`: min over the target ensemble of the
-        current actor's next action, minus the entropy term); the actor and alpha do not move."""
-        self.policy.set_training_mode(True)
-        self._update_learning_rate([self.critic.optimizer])
-        losses = []
-        for step in range(gradient_steps):
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            discounts = data.discounts if data.discounts is not None else self.gamma
-            with torch.no_grad():
+            self.policy.set_training_mode(True)
+            optimizers = [self.actor.optimizer, self.critic.optimizer]
+            if self.ent_coef_optimizer is not None:
+                optimizers.append(self.ent_coef_optimizer)
+            self._update_learning_rate(optimizers)
+            logs: dict[str, list[float]] = {"critic_loss": [], "ent_coef": []}
+            for _ in range(gradient_steps):
+                data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+                discounts = data.discounts if data.discounts is not None else self.gamma
                 ent_coef = torch.exp(self.log_ent_coef.detach()) if self.log_ent_coef is not None \
                     else self.ent_coef_tensor
-                next_actions, next_log_prob = self.actor.action_log_prob(data.next_observations)
-                next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
-                next_q = torch.min(next_q, dim=1, keepdim=True)[0] - ent_coef * next_log_prob.reshape(-1, 1)
-                target = data.rewards + (1 - data.dones) * discounts * next_q
-            current = self.critic(data.observations, data.actions)
-            loss = 0.5 * sum(F.mse_loss(q, target) for q in current)
-            losses.append(float(loss.item()))
-            self.critic.optimizer.zero_grad()
-            loss.backward()
-            self.critic.optimizer.step()
-            if step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
-        self._n_updates += gradient_steps
-        self.logger.record("train/critic_loss", float(np.mean(losses)))
-        self.logger.record("train/critic_warmup", 1.0)
+                with torch.no_grad():
+                    next_actions, next_log_prob = self.actor.action_log_prob(data.next_observations)
+                    next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
+                    next_q = torch.min(next_q, dim=1, keepdim=True)[0] - ent_coef * next_log_prob.reshape(-1, 1)
+                    target = data.rewards + (1 - data.dones) * discounts * next_q
+                current = self.critic(data.observations, data.actions)
+                critic_loss = 0.5 * sum(F.mse_loss(q, target) for q in current)
+                self.critic.optimizer.zero_grad()
+                critic_loss.backward()
+                self.critic.optimizer.step()
+                logs["critic_loss"].append(float(critic_loss.item()))
+                logs["ent_coef"].append(float(ent_coef.item()))
+                since = self._n_updates - self.critic_warmup
+                if since >= 0 and since % self.policy_delay == 0:
+                    self._actor_step(data.observations, ent_coef, logs)
+                if self._n_updates % self.target_update_interval == 0:
+                    polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                    polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+                self._n_updates += 1
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/critic_warmup", float(self._n_updates <= self.critic_warmup))
+        for name, values in logs.items():
+            if values:
+                self.logger.record(f"train/{name}", float(np.mean(values)))
+
+    def _actor_step(self, obs: torch.Tensor, ent_coef: torch.Tensor, logs: dict[str, list[float]]) -> None:
+        mean, log_std, kwargs = self.actor.get_action_dist_params(obs)
+        actions_pi, log_prob = self.actor.action_dist.log_prob_from_params(mean, log_std, **kwargs)
+        log_prob = log_prob.reshape(-1, 1)
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            ent_coef_loss = -(self.log_ent_coef * (log_prob + self.target_entropy).detach()).mean()
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+            logs.setdefault("ent_coef_loss", []).append(float(ent_coef_loss.item()))
+        q_pi = torch.min(torch.cat(self.critic(obs, actions_pi), dim=1), dim=1, keepdim=True)[0]
+        actor_loss = (ent_coef * log_prob - q_pi).mean()
+        # the deterministic correction (tanh of the mean, in [-1, 1] of each dimension's scale)
+        residual_sq = torch.tanh(mean).pow(2).mean()
+        if self.residual_penalty > 0:  # TD3+BC's balance: the Q term over its mean magnitude
+            actor_loss = actor_loss / q_pi.abs().mean().detach().clamp_min(1e-6) + self.residual_penalty * residual_sq
+        self.actor.optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor.optimizer.step()
+        logs.setdefault("actor_loss", []).append(float(actor_loss.item()))
+        logs.setdefault("residual_sq", []).append(float(residual_sq.item()))
 
 
 @dataclass

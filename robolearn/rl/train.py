@@ -111,6 +111,12 @@ class SACOptions:
     log_std_init: float = -2.0
     """initial log std of the residual's Gaussian, the same in every state (std 0.14 before tanh: the
     first rollouts explore near the base)"""
+    policy_delay: int = 2
+    """critic updates per actor (and entropy coefficient) update, after the warm-up (TD3's delay)"""
+    residual_penalty: float = 0.4
+    """weight of the mean squared correction (tanh of the actor's mean) in the actor's loss, whose Q
+    term is divided by its mean magnitude (TD3+BC's balance; 0.4 = their alpha of 2.5): the actor
+    climbs the critic only where the gain beats moving away from the base. 0: plain SAC"""
 
 
 @dataclass
@@ -178,6 +184,11 @@ class TrainResidualConfig:
             raise ConfigError(f"train residual: sac.ent_coef_init={self.sac.ent_coef_init} must be > 0")
         if not (self.sac.learning_rate > 0 and self.sac.actor_learning_rate > 0):
             raise ConfigError("train residual: sac.learning_rate and sac.actor_learning_rate must be > 0")
+        if self.sac.policy_delay < 1:
+            raise ConfigError(f"train residual: sac.policy_delay={self.sac.policy_delay} must be at least 1")
+        if not (np.isfinite(self.sac.residual_penalty) and self.sac.residual_penalty >= 0):
+            raise ConfigError(f"train residual: sac.residual_penalty={self.sac.residual_penalty} must be >= 0 "
+                              "(0: plain SAC)")
         if not np.isfinite(self.sac.log_std_init):
             raise ConfigError(f"train residual: sac.log_std_init={self.sac.log_std_init} must be a finite number")
         self.shaping.validate()
@@ -275,6 +286,7 @@ def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
                             learning_rate=s.learning_rate, gamma=s.gamma, tau=s.tau, seed=cfg.seed,
                             device=cfg.device, critic_warmup=s.critic_warmup, ent_coef=f"auto_{s.ent_coef_init}",
                             actor_lr_scale=s.actor_learning_rate / s.learning_rate,
+                            policy_delay=s.policy_delay, residual_penalty=s.residual_penalty,
                             replay_buffer_class=DemoReplayBuffer,
                             replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma, "demos": demos,
                                                   "demo_fraction": s.demo_fraction},

@@ -233,6 +233,57 @@ def test_sac_critic_warmup_moves_only_the_critics_first():
         ResidualSAC("MlpPolicy", "Pendulum-v1", critic_warmup=-1, device="cpu")
 
 
+def _filled_sac(**kwargs) -> ResidualSAC:
+    from stable_baselines3.common.logger import configure
+
+    model = ResidualSAC("MlpPolicy", "Pendulum-v1", learning_starts=0, batch_size=16, buffer_size=200, seed=0,
+                        device="cpu", **{"policy_kwargs": {"net_arch": [16]}, **kwargs})
+    model.set_logger(configure(None, [""]))
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        model.replay_buffer.add(rng.normal(size=(1, 3)).astype(np.float32), rng.normal(size=(1, 3)).astype(np.float32),
+                                rng.uniform(-1, 1, (1, 1)).astype(np.float32), rng.normal(size=1).astype(np.float32),
+                                np.array([i % 10 == 9]), [{}])
+    return model
+
+
+def _adam_steps(opt) -> int:
+    return int(next(iter(opt.state.values()))["step"]) if opt.state else 0
+
+
+def test_sac_policy_delay_steps_the_actor_every_kth_critic_update():
+    model = _filled_sac(critic_warmup=2, policy_delay=3)
+    model.train(gradient_steps=11, batch_size=16)
+    # updates 0-1 warm up the critics; the actor and alpha then step at updates 2, 5 and 8
+    assert model._n_updates == 11
+    assert _adam_steps(model.critic.optimizer) == 11
+    assert _adam_steps(model.actor.optimizer) == 3 and _adam_steps(model.ent_coef_optimizer) == 3
+    model.train(gradient_steps=1, batch_size=16)  # update 11: the next in the cycle
+    assert _adam_steps(model.actor.optimizer) == 4
+    for bad, match in (({"policy_delay": 0}, "policy_delay=0"), ({"residual_penalty": -1.0}, "residual_penalty=-1.0"),
+                       ({"residual_penalty": float("nan")}, "residual_penalty=nan")):
+        with pytest.raises(ConfigError, match=match):
+            ResidualSAC("MlpPolicy", "Pendulum-v1", device="cpu", **bad)
+
+
+def test_sac_residual_penalty_pulls_the_actor_back_to_the_base():
+    """An actor whose correction starts far from zero: with the penalty its deterministic correction
+    shrinks towards the base's (zero), whatever the critic says; plain SAC's does not."""
+    sq = {}
+    for penalty in (0.0, 5.0):
+        model = _filled_sac(residual_penalty=penalty, learning_rate=3e-3, ent_coef=1e-3)
+        with torch.no_grad():
+            model.actor.mu.bias.fill_(1.5)  # tanh(1.5) = 0.9 of the scale
+        obs = torch.as_tensor(np.random.default_rng(3).normal(size=(64, 3)), dtype=torch.float32)
+        with torch.no_grad():
+            before = float(torch.tanh(model.actor.get_action_dist_params(obs)[0]).pow(2).mean())
+        model.train(gradient_steps=150, batch_size=16)
+        with torch.no_grad():
+            sq[penalty] = float(torch.tanh(model.actor.get_action_dist_params(obs)[0]).pow(2).mean())
+        assert before > 0.7
+    assert sq[5.0] < 0.1 and sq[0.0] > 0.3  # (0.03 and 0.45 when written)
+
+
 def test_layernorm_sac_critics_and_their_targets():
     model = ResidualSAC(LayerNormSACPolicy, "Pendulum-v1", learning_starts=0, batch_size=8, buffer_size=100,
                         seed=0, device="cpu", policy_kwargs={"net_arch": [16, 8], "n_critics": 3})
@@ -466,7 +517,9 @@ def test_sac_bad_demo_settings(pieces, tmp_path):
         run(_cfg(pieces["base"], tmp_path / "c", sac={"critic_warmup": -1}))
     for bad, match in (({"ent_coef_init": 0.0}, "sac.ent_coef_init=0.0 must be > 0"),
                        ({"actor_learning_rate": -1e-4}, "sac.actor_learning_rate must be > 0"),
-                       ({"log_std_init": float("nan")}, "sac.log_std_init=nan must be a finite number")):
+                       ({"log_std_init": float("nan")}, "sac.log_std_init=nan must be a finite number"),
+                       ({"policy_delay": 0}, "sac.policy_delay=0 must be at least 1"),
+                       ({"residual_penalty": -0.5}, r"sac.residual_penalty=-0.5 must be >= 0 \(0: plain SAC\)")):
         with pytest.raises(ConfigError, match=match):
             run(_cfg(pieces["base"], tmp_path / "e", sac=bad))
     # demos from another task's dataset: refused naming the feature
