@@ -4,7 +4,7 @@ default (per-tensor loop), at 1 and 2 torch threads.
     .venv/bin/python bench/ppo_update.py                       # ~1 min, writes bench/results/ppo_update.json
     .venv/bin/python bench/ppo_update.py --repeats 3 --json /tmp/u.json
 
-The learner is built as `robolearn train residual --algo ppo` builds it (`ppo_policy_kwargs`, the
+The learner is built as `robolearn train residual --algo ppo` builds it (`ppo_learner`, the
 default `TrainResidualConfig`: [256, 256] tanh actor and critic, 64 envs x 64 steps per rollout,
 minibatches of 512, 10 epochs) over a stand-in env with the residual's observation and action
 spaces; the rollout buffer is filled with random data and `target_kl` is off, so every timed update
@@ -46,17 +46,12 @@ def make_learner(fused: bool, obs_dim: int, act_dim: int, num_envs: int, seed: i
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from robolearn.rl.algorithms import ResidualPPO
-    from robolearn.rl.train import TrainResidualConfig, ppo_policy_kwargs
+    from robolearn.rl.train import TrainResidualConfig, ppo_learner
 
-    cfg = TrainResidualConfig(num_envs=num_envs)
-    cfg = replace(cfg, ppo=replace(cfg.ppo, target_kl=0.0))
+    cfg = TrainResidualConfig(num_envs=num_envs, seed=seed)
+    cfg = replace(cfg, ppo=replace(cfg.ppo, target_kl=0.0))  # off: every update does all its minibatches
     p = cfg.ppo
-    venv = DummyVecEnv([lambda: _Spaces(obs_dim, act_dim)] * num_envs)
-    model = ResidualPPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
-                        learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda,
-                        clip_range=p.clip_range, ent_coef=p.ent_coef, target_kl=None, seed=seed, device="cpu",
-                        verbose=0, policy_kwargs=ppo_policy_kwargs(cfg, fused=fused))
+    model = ppo_learner(cfg, DummyVecEnv([lambda: _Spaces(obs_dim, act_dim)] * num_envs), fused=fused)
     model.set_logger(configure(None, []))
     rng = np.random.default_rng(seed)
     buf = model.rollout_buffer

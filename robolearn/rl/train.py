@@ -260,24 +260,26 @@ def demo_dataset(cfg: TrainResidualConfig, base) -> str | None:
     return choice
 
 
-def ppo_policy_kwargs(cfg: TrainResidualConfig, fused: bool = True) -> dict:
-    """SB3 `MlpPolicy` settings of the PPO learner: separate actor and critic MLPs of `cfg.hidden`, tanh,
-    the residual's initial log std, and (`fused`) Adam's fused kernel (`FUSED_ADAM`)."""
-    return {"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)}, "activation_fn": torch.nn.Tanh,
-            "log_std_init": cfg.ppo.log_std_init, "optimizer_kwargs": dict(FUSED_ADAM) if fused else {}}
+def ppo_learner(cfg: TrainResidualConfig, venv, tb_dir: Path | None = None, fused: bool = True):
+    """The PPO learner of `cfg` on `venv` (ResiP's recipe, `cfg.ppo`): separate actor and critic MLPs of
+    `cfg.hidden`, tanh, the residual's initial log std, and (`fused`) Adam's fused kernel (`FUSED_ADAM`)."""
+    from robolearn.rl.algorithms import ResidualPPO
+
+    p = cfg.ppo
+    return ResidualPPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
+                       learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda,
+                       clip_range=p.clip_range, ent_coef=p.ent_coef, target_kl=p.target_kl or None,
+                       seed=cfg.seed, device=cfg.device, tensorboard_log=str(tb_dir) if tb_dir else None, verbose=0,
+                       policy_kwargs={"net_arch": {"pi": list(cfg.hidden), "vf": list(cfg.hidden)},
+                                      "activation_fn": torch.nn.Tanh, "log_std_init": p.log_std_init,
+                                      "optimizer_kwargs": dict(FUSED_ADAM) if fused else {}})
 
 
 def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
-    from robolearn.rl.algorithms import DemoReplayBuffer, LayerNormSACPolicy, ResidualPPO, ResidualSAC
+    from robolearn.rl.algorithms import DemoReplayBuffer, LayerNormSACPolicy, ResidualSAC
 
-    act = torch.nn.Tanh
     if cfg.algo == "ppo":
-        p = cfg.ppo
-        model = ResidualPPO("MlpPolicy", venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
-                            learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda,
-                            clip_range=p.clip_range, ent_coef=p.ent_coef, target_kl=p.target_kl or None,
-                            seed=cfg.seed, device=cfg.device, tensorboard_log=str(tb_dir), verbose=0,
-                            policy_kwargs=ppo_policy_kwargs(cfg))
+        model = ppo_learner(cfg, venv, tb_dir)
         out = model.policy.action_net
     else:
         s = cfg.sac
@@ -291,7 +293,7 @@ def _learner(cfg: TrainResidualConfig, venv, tb_dir: Path, demos=None):
                             replay_buffer_kwargs={"n_steps": s.n_step, "gamma": s.gamma, "demos": demos,
                                                   "demo_fraction": s.demo_fraction},
                             tensorboard_log=str(tb_dir), verbose=0,
-                            policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": act,
+                            policy_kwargs={"net_arch": list(cfg.hidden), "activation_fn": torch.nn.Tanh,
                                            "n_critics": s.n_critics, "optimizer_kwargs": dict(FUSED_ADAM)})
         out = model.actor.mu
         with torch.no_grad():  # one std everywhere at first (SB3 draws it from a random layer: std ~1)
