@@ -144,19 +144,17 @@ def run(cfg: ResidualBenchConfig) -> dict:
     t0 = time.perf_counter()
     demo = run_demo(demo_cfg)
     runs = {"progress (PPO)": demo["curve"]}
-    base = work / "demo" / "bc"
-    common = dict(base=str(base), num_envs=demo_cfg.residual_envs, num_threads=demo_cfg.num_threads,
-                  scale=demo_cfg.scale, seed=demo_cfg.seed, progress=cfg.progress)
+    # every comparison starts from the config the demo's residual run resolved and saved, so that it
+    # trains with all the demo's settings (base, envs, threads, scale, seed, PPO options, ...)
+    demo_rl = config_from_dict(TrainResidualConfig,
+                               json.loads((work / "demo" / "residual" / "train_config.json").read_text()))
     sparse_curve: list[dict] = []
     if cfg.sparse:
         print("\n== residual PPO with the sparse success reward (same base, seed and budget)")
         sparse_dir = work / "ppo_sparse"
         if not cfg.resume:
             shutil.rmtree(sparse_dir, ignore_errors=True)
-        train_residual(TrainResidualConfig(
-            reward="sparse", algo="ppo", out=str(sparse_dir), total_steps=demo_cfg.residual_steps,
-            eval_every=demo_cfg.eval_every, eval_episodes=demo_cfg.curve_episodes,
-            save_every=demo_cfg.residual_steps, **common))
+        train_residual(replace(demo_rl, reward="sparse", out=str(sparse_dir), save_every=demo_rl.total_steps))
         sparse_curve = learning_curve(sparse_dir)
         runs["sparse (PPO)"] = sparse_curve
     sac_curve: list[dict] = []
@@ -167,19 +165,16 @@ def run(cfg: ResidualBenchConfig) -> dict:
             shutil.rmtree(sac_dir, ignore_errors=True)
         steps = min(cfg.sac_steps, 4096) if cfg.quick else cfg.sac_steps
         every = min(cfg.sac_eval_every, 2048) if cfg.quick else cfg.sac_eval_every
-        train_residual(TrainResidualConfig(
-            reward=str(work / "demo" / "reward"), algo="sac", out=str(sac_dir), total_steps=steps,
-            eval_every=every, eval_episodes=demo_cfg.curve_episodes, save_every=steps,
-            **{**common, "num_envs": cfg.sac_envs}))
+        train_residual(replace(demo_rl, algo="sac", out=str(sac_dir), num_envs=cfg.sac_envs, total_steps=steps,
+                               eval_every=every, save_every=steps))
         sac_curve = learning_curve(sac_dir)
         runs["progress (SAC)"] = sac_curve
 
     print("\n== residual PPO throughput vs the raw VecEnv (paired timings)")
     div = 8 if cfg.quick else 1
-    through = paired_throughput(demo["task"], TrainResidualConfig(
-        reward=str(work / "demo" / "reward"), algo="ppo", total_steps=max(2048, cfg.throughput_ppo_steps // div),
-        eval_every=0, eval_episodes=0, save_every=10 ** 9, **common), cfg.throughput_steps // div,
-        1 if cfg.quick else cfg.throughput_repeats, work)
+    through = paired_throughput(demo["task"], replace(
+        demo_rl, total_steps=max(2048, cfg.throughput_ppo_steps // div), eval_every=0, eval_episodes=0,
+        save_every=10 ** 9), cfg.throughput_steps // div, 1 if cfg.quick else cfg.throughput_repeats, work)
     demo_sps = float(demo["residual_train"]["env_steps_per_s"])
     p_steps, p_wall = steps_to(demo["curve"], cfg.threshold)
     s_steps, s_wall = steps_to(sparse_curve, cfg.threshold)
